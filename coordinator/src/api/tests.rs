@@ -1,0 +1,361 @@
+//! API tests: the router driven in-process (`oneshot`), a SQLite log in a temporary directory,
+//! and a scripted participant served on 127.0.0.1:0.
+
+use super::*;
+use crate::driver::{Driver, DriverSettings};
+use crate::log::{AnyLog, DecisionLog};
+use axum::body::Body;
+use axum::http::{Request, Response};
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tower::ServiceExt;
+
+struct Fixture {
+    app: Router,
+    log: Arc<AnyLog>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let log = Arc::new(AnyLog::connect(&url).await.unwrap());
+    let driver = Driver::new(
+        log.clone(),
+        reqwest::Client::new(),
+        DriverSettings {
+            advertise_url: "http://127.0.0.1:1".into(),
+        },
+    );
+    let coordinator = Coordinator::new(Arc::new(driver), Duration::from_secs(2));
+    let app = router(Arc::new(AppState {
+        coordinator,
+        metrics: Metrics::default(),
+    }));
+    Fixture {
+        app,
+        log,
+        _dir: dir,
+    }
+}
+
+/// A participant that votes by payload: `{"vote":"abort"}` votes abort, anything else commit.
+/// Counts calls per verb.
+#[derive(Default)]
+struct Scripted {
+    prepares: AtomicUsize,
+    commits: AtomicUsize,
+    aborts: AtomicUsize,
+}
+
+async fn scripted_participant() -> (String, Arc<Scripted>) {
+    let counts = Arc::new(Scripted::default());
+    let c = counts.clone();
+    let app = Router::new()
+        .route(
+            "/prepare",
+            post({
+                let c = c.clone();
+                move |Json(body): Json<Value>| async move {
+                    c.prepares.fetch_add(1, Ordering::SeqCst);
+                    if body["payload"]["vote"] == "abort" {
+                        Json(json!({"vote": "abort", "reason": "scripted refusal"}))
+                    } else {
+                        Json(json!({"vote": "commit"}))
+                    }
+                }
+            }),
+        )
+        .route(
+            "/commit",
+            post({
+                let c = c.clone();
+                move || async move {
+                    c.commits.fetch_add(1, Ordering::SeqCst);
+                    Json(json!({"state": "committed"}))
+                }
+            }),
+        )
+        .route(
+            "/abort",
+            post(move || async move {
+                c.aborts.fetch_add(1, Ordering::SeqCst);
+                Json(json!({"state": "aborted"}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, counts)
+}
+
+async fn call(app: &Router, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
+    call_with(app, method, uri, body, &[]).await
+}
+
+async fn call_with(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(body.map(|b| Body::from(b.to_owned())).unwrap_or_default())
+        .unwrap();
+    let res: Response<Body> = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, value)
+}
+
+fn assert_error_shape(body: &Value, code: &str) {
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+async fn logged(log: &AnyLog) -> usize {
+    log.list(None, 1000).await.unwrap().len()
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
+    let f = fixture().await;
+    let p = |name: &str, url: &str| json!({"name": name, "url": url, "payload": {}});
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        ("{not json".into(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (r#"{"timeout_ms": "soon"}"#.into(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (r#"{"timeout": 5}"#.into(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (r#"{"timeout_ms": 0}"#.into(), StatusCode::BAD_REQUEST, "invalid_timeout"),
+        (r#"{"timeout_ms": 999999999999}"#.into(), StatusCode::BAD_REQUEST, "invalid_timeout"),
+        (
+            json!({"participants": [p("a", "ftp://h/x")]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_participant_url",
+        ),
+        (
+            json!({"participants": [p("a", "not a url")]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_participant_url",
+        ),
+        (
+            json!({"participants": [p("a", "http://h"), p("a", "http://g")]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "duplicate_participant",
+        ),
+        (
+            json!({"participants": [p("bad name", "http://h")]}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_participant_name",
+        ),
+        (
+            json!({"participants": [], "commit": true}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "no_participants",
+        ),
+        (
+            json!({"commit": true}).to_string(),
+            StatusCode::BAD_REQUEST,
+            "no_participants",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, value) = call(&f.app, "POST", "/v1/transactions", Some(&body)).await;
+        assert_eq!(got, status, "{body}: {value}");
+        assert_error_shape(&value, code);
+    }
+    assert_eq!(logged(&f.log).await, 0, "a refused request wrote to the log");
+
+    let unknown = uuid::Uuid::now_v7();
+    for (method, uri) in [
+        ("GET", format!("/v1/transactions/{unknown}")),
+        ("POST", format!("/v1/transactions/{unknown}/commit")),
+        ("POST", format!("/v1/transactions/{unknown}/abort")),
+    ] {
+        let (status, value) = call(&f.app, method, &uri, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        assert_error_shape(&value, "transaction_not_found");
+    }
+    let (status, value) = call(&f.app, "GET", "/v1/transactions/42", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error_shape(&value, "invalid_transaction_id");
+    let (status, value) = call(&f.app, "GET", "/v1/transactions?state=done", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error_shape(&value, "invalid_state");
+    let (status, value) = call(&f.app, "GET", "/v1/transactions?limit=0", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error_shape(&value, "invalid_limit");
+    let (status, value) = call(&f.app, "GET", "/nowhere", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_error_shape(&value, "not_found");
+    assert_eq!(logged(&f.log).await, 0);
+}
+
+#[tokio::test]
+async fn enlist_validates_and_commit_needs_participants() {
+    let f = fixture().await;
+    let (status, tx) = call(&f.app, "POST", "/v1/transactions", Some("{}")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(tx["state"], "active");
+    let id = tx["id"].as_str().unwrap().to_owned();
+
+    let (status, value) = call(&f.app, "POST", &format!("/v1/transactions/{id}/commit"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_error_shape(&value, "no_participants");
+
+    let enlist = format!("/v1/transactions/{id}/participants");
+    let (status, value) =
+        call(&f.app, "POST", &enlist, Some(r#"{"name":"a","url":"gopher://x"}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error_shape(&value, "invalid_participant_url");
+    let (status, value) =
+        call(&f.app, "POST", &enlist, Some(r#"{"name":"a","url":"http://127.0.0.1:9"}"#)).await;
+    assert_eq!(status, StatusCode::CREATED, "{value}");
+    assert_eq!(value["participants"][0]["state"], "pending");
+    let (status, value) =
+        call(&f.app, "POST", &enlist, Some(r#"{"name":"a","url":"http://127.0.0.1:9"}"#)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_error_shape(&value, "duplicate_participant");
+
+    let (_, after) = call(&f.app, "GET", &format!("/v1/transactions/{id}"), None).await;
+    assert_eq!(after["participants"].as_array().unwrap().len(), 1);
+    assert_eq!(logged(&f.log).await, 1);
+}
+
+#[tokio::test]
+async fn one_shot_commit_commits_everywhere() {
+    let f = fixture().await;
+    let (url, counts) = scripted_participant().await;
+    let body = json!({"commit": true, "participants": [
+        {"name": "a", "url": url, "payload": {}},
+        {"name": "b", "url": format!("{url}/"), "payload": {"x": 1}},
+    ]});
+    let (status, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body.to_string())).await;
+    assert_eq!(status, StatusCode::CREATED, "{tx}");
+    assert_eq!(tx["state"], "committed");
+    assert_eq!(tx["decision"], "commit");
+    assert!(tx["decided_at"].is_string() && tx["completed_at"].is_string());
+    assert_eq!(tx["participants"][0]["vote"], "commit");
+    assert_eq!(tx["participants"][1]["state"], "committed");
+    assert_eq!(counts.prepares.load(Ordering::SeqCst), 2);
+    assert_eq!(counts.commits.load(Ordering::SeqCst), 2);
+    assert_eq!(counts.aborts.load(Ordering::SeqCst), 0);
+
+    let id = tx["id"].as_str().unwrap();
+    let (status, again) = call(&f.app, "POST", &format!("/v1/transactions/{id}/commit"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["state"], "committed");
+    let (status, value) = call(&f.app, "POST", &format!("/v1/transactions/{id}/abort"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_error_shape(&value, "already_committed");
+    let (status, value) = call(
+        &f.app,
+        "POST",
+        &format!("/v1/transactions/{id}/participants"),
+        Some(r#"{"name":"c","url":"http://127.0.0.1:9"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_error_shape(&value, "transaction_not_active");
+    assert_eq!(counts.prepares.load(Ordering::SeqCst), 2, "repeats sent nothing");
+
+    let (_, listed) = call(&f.app, "GET", "/v1/transactions?state=committed", None).await;
+    assert_eq!(listed["transactions"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_abort_vote_aborts_with_its_reason() {
+    let f = fixture().await;
+    let (url, counts) = scripted_participant().await;
+    let body = json!({"commit": true, "participants": [
+        {"name": "a", "url": url, "payload": {}},
+        {"name": "b", "url": url, "payload": {"vote": "abort"}},
+    ]});
+    let (status, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body.to_string())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(tx["state"], "aborted", "{tx}");
+    assert_eq!(tx["reason"], "participant b voted abort: scripted refusal");
+    assert_eq!(counts.commits.load(Ordering::SeqCst), 0);
+    // a voted commit (or had not answered yet): it must be told to abort.
+    assert!(tx["participants"][0]["state"] == "aborted");
+    assert!(counts.aborts.load(Ordering::SeqCst) >= 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_participant_is_an_abort_vote() {
+    let f = fixture().await;
+    let (url, _) = scripted_participant().await;
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let body = json!({"commit": true, "timeout_ms": 2000, "participants": [
+        {"name": "a", "url": url},
+        {"name": "b", "url": dead_url},
+    ]});
+    let (_, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body.to_string())).await;
+    assert_eq!(tx["decision"], "abort", "{tx}");
+    assert!(tx["reason"].as_str().unwrap().contains("participant b voted abort"));
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_gives_one_transaction() {
+    let f = fixture().await;
+    let (url, counts) = scripted_participant().await;
+    let body = json!({"commit": true, "participants": [{"name": "a", "url": url}]}).to_string();
+    let key = [("idempotency-key", "transfer-42")];
+    let (s1, t1) = call_with(&f.app, "POST", "/v1/transactions", Some(&body), &key).await;
+    let (s2, t2) = call_with(&f.app, "POST", "/v1/transactions", Some(&body), &key).await;
+    assert_eq!(s1, StatusCode::CREATED);
+    assert_eq!(s2, StatusCode::OK);
+    assert_eq!(t1["id"], t2["id"]);
+    assert_eq!(t2["state"], "committed");
+    assert_eq!(counts.prepares.load(Ordering::SeqCst), 1);
+    assert_eq!(logged(&f.log).await, 1);
+
+    let other = json!({"commit": true, "participants": [{"name": "zz", "url": url}]}).to_string();
+    let (s3, v3) = call_with(&f.app, "POST", "/v1/transactions", Some(&other), &key).await;
+    assert_eq!(s3, StatusCode::CONFLICT);
+    assert_error_shape(&v3, "idempotency_key_reused");
+    assert_eq!(logged(&f.log).await, 1);
+}
+
+#[tokio::test]
+async fn abort_of_an_active_transaction_sends_nothing() {
+    let f = fixture().await;
+    let (url, counts) = scripted_participant().await;
+    let body = json!({"participants": [{"name": "a", "url": url}]}).to_string();
+    let (_, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body)).await;
+    let id = tx["id"].as_str().unwrap();
+    let (status, aborted) = call(&f.app, "POST", &format!("/v1/transactions/{id}/abort"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(aborted["state"], "aborted");
+    let (status, again) = call(&f.app, "POST", &format!("/v1/transactions/{id}/abort"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["state"], "aborted");
+    let (_, committed) = call(&f.app, "POST", &format!("/v1/transactions/{id}/commit"), None).await;
+    assert_eq!(committed["state"], "aborted");
+    assert_eq!(counts.prepares.load(Ordering::SeqCst), 0);
+    assert_eq!(counts.aborts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn healthz_and_metrics_answer() {
+    let f = fixture().await;
+    let (status, body) = call(&f.app, "GET", "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+    let req = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let res = f.app.clone().oneshot(req).await.unwrap();
+    let text = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    assert!(text.contains("twopc_transactions_created_total 0"), "{text}");
+}

@@ -1,0 +1,82 @@
+//! Fail points for crash tests: named places in the driver where a test can freeze the process.
+//!
+//! Compiled only with the `failpoints` cargo feature (the `tests/` crate turns it on for its
+//! test binary); without it [`hit`] is an empty inline function. With it, the environment
+//! variable `TWOPC_FAILPOINTS` lists `name=action` pairs separated by `;`. Actions:
+//! - `pause`: log `failpoint <name> reached` at WARN and wait forever, so the test can kill the
+//!   process with SIGKILL while it sits exactly there;
+//! - `pause-once`: the same, only the first time it is reached.
+//!
+//! The names used by the driver are listed in [`names`].
+
+/// The fail point names the coordinator defines.
+pub mod names {
+    /// After the prepares are answered, before the decision is written to the log.
+    pub const BEFORE_DECISION: &str = "before_decision";
+    /// After the commit decision is durable in the log, before any commit is sent.
+    pub const AFTER_COMMIT_DECISION: &str = "after_commit_decision";
+    /// After every commit was acknowledged, before the completion is logged.
+    pub const BEFORE_COMPLETION: &str = "before_completion";
+}
+
+#[cfg(feature = "failpoints")]
+mod enabled {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::OnceLock;
+
+    struct Point {
+        once: bool,
+        fired: AtomicBool,
+    }
+
+    fn table() -> &'static HashMap<String, Point> {
+        static TABLE: OnceLock<HashMap<String, Point>> = OnceLock::new();
+        TABLE.get_or_init(|| {
+            let spec = std::env::var("TWOPC_FAILPOINTS").unwrap_or_default();
+            spec.split(';')
+                .filter_map(|pair| pair.split_once('='))
+                .filter_map(|(name, action)| {
+                    let once = match action.trim() {
+                        "pause" => false,
+                        "pause-once" => true,
+                        other => {
+                            tracing::error!(name, action = other, "unknown failpoint action");
+                            return None;
+                        }
+                    };
+                    Some((
+                        name.trim().to_owned(),
+                        Point {
+                            once,
+                            fired: AtomicBool::new(false),
+                        },
+                    ))
+                })
+                .collect()
+        })
+    }
+
+    /// Pauses forever if the fail point `name` is configured.
+    pub async fn hit(name: &str) {
+        let Some(point) = table().get(name) else {
+            return;
+        };
+        if point.once && point.fired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!("failpoint {name} reached");
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Pauses forever if the fail point `name` is configured (only with the `failpoints` feature).
+#[cfg(feature = "failpoints")]
+pub async fn hit(name: &str) {
+    enabled::hit(name).await;
+}
+
+/// Does nothing: this build has no fail points.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub async fn hit(_name: &str) {}
