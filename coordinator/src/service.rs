@@ -228,10 +228,10 @@ impl<L: DecisionLog> Coordinator<L> {
                 Ok(saved) => {
                     // If a driver here owns it, its next write conflicts and it follows the
                     // abort; otherwise this call takes over the delivery of the aborts.
-                    if !t.actions.is_empty() {
-                        if let Some(claim) = self.inflight.claim(&saved) {
-                            self.spawn_drive(claim, saved.clone(), t.actions);
-                        }
+                    if !t.actions.is_empty()
+                        && let Some(claim) = self.inflight.claim(&saved)
+                    {
+                        self.spawn_drive(claim, saved.clone(), t.actions);
                     }
                     return self.await_outcome(saved).await;
                 }

@@ -40,6 +40,9 @@ pub enum InvalidInput {
     /// More participants than allowed.
     #[error("a transaction may have at most {MAX_PARTICIPANTS} participants")]
     TooManyParticipants,
+    /// A payload string with a NUL character (PostgreSQL's JSONB cannot store it).
+    #[error("participant '{0}' has a payload with a NUL character (\\u0000), which cannot be stored")]
+    PayloadNul(String),
     /// One-shot commit with no participants.
     #[error("commit needs at least one participant")]
     NoParticipants,
@@ -54,6 +57,7 @@ impl InvalidInput {
             Self::Url { .. } => "invalid_participant_url",
             Self::DuplicateName(_) => "duplicate_participant",
             Self::TooManyParticipants => "too_many_participants",
+            Self::PayloadNul(_) => "invalid_payload",
             Self::NoParticipants => "no_participants",
         }
     }
@@ -111,7 +115,20 @@ pub fn url(raw: &str) -> Result<String, InvalidInput> {
 pub fn participant(spec: ParticipantSpec) -> Result<ParticipantRecord, InvalidInput> {
     name(&spec.name)?;
     let url = url(&spec.url)?;
+    if has_nul(&spec.payload) {
+        return Err(InvalidInput::PayloadNul(spec.name));
+    }
     Ok(ParticipantRecord::new(spec.name, url, spec.payload))
+}
+
+fn has_nul(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
 }
 
 /// Checks a list of participants (names unique, within the limit).
@@ -167,6 +184,19 @@ mod tests {
         for bad in ["", "a b", "ä", &"x".repeat(65)] {
             assert!(name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn payloads_with_nul_characters_are_refused() {
+        let spec = ParticipantSpec {
+            name: "a".into(),
+            url: "http://h".into(),
+            payload: serde_json::json!({"memo": ["ok", "bad\u{0}"]}),
+        };
+        assert_eq!(
+            participant(spec).unwrap_err(),
+            InvalidInput::PayloadNul("a".into())
+        );
     }
 
     #[test]
