@@ -100,7 +100,9 @@ impl fmt::Display for TransactionState {
 
 /// Error for a state name that is not one of the six.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown transaction state '{0}' (expected one of active, preparing, committing, committed, aborting, aborted)")]
+#[error(
+    "unknown transaction state '{0}' (expected one of active, preparing, committing, committed, aborting, aborted)"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for TransactionState {
