@@ -1,6 +1,6 @@
 //! The `twopc` command line: `serve` and `demo`.
 
-
+use crate::demo::{self, DemoError};
 use crate::server::{self, Server, ServerConfig, ServerError};
 use clap::{Parser, Subcommand};
 use std::time::Duration;
@@ -49,7 +49,9 @@ pub enum CliError {
     /// `serve` failed.
     #[error(transparent)]
     Server(#[from] ServerError),
-
+    /// `demo` failed.
+    #[error(transparent)]
+    Demo(#[from] DemoError),
 }
 
 /// Runs a parsed command line to completion.
@@ -68,6 +70,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Demo => {
+            demo::run(&mut std::io::stdout()).await?;
             Ok(())
         }
     }

@@ -44,10 +44,38 @@ struct Transfer {
 }
 
 const TRANSFERS: [Transfer; 4] = [
-    Transfer { from_bank: 0, from: "alice", to_bank: 1, to: "bob", amount: 30, expect: TransactionState::Committed },
-    Transfer { from_bank: 1, from: "bob", to_bank: 0, to: "alice", amount: 10, expect: TransactionState::Committed },
-    Transfer { from_bank: 0, from: "alice", to_bank: 1, to: "bob", amount: 500, expect: TransactionState::Aborted },
-    Transfer { from_bank: 0, from: "alice", to_bank: 1, to: "bob", amount: 25, expect: TransactionState::Committed },
+    Transfer {
+        from_bank: 0,
+        from: "alice",
+        to_bank: 1,
+        to: "bob",
+        amount: 30,
+        expect: TransactionState::Committed,
+    },
+    Transfer {
+        from_bank: 1,
+        from: "bob",
+        to_bank: 0,
+        to: "alice",
+        amount: 10,
+        expect: TransactionState::Committed,
+    },
+    Transfer {
+        from_bank: 0,
+        from: "alice",
+        to_bank: 1,
+        to: "bob",
+        amount: 500,
+        expect: TransactionState::Aborted,
+    },
+    Transfer {
+        from_bank: 0,
+        from: "alice",
+        to_bank: 1,
+        to: "bob",
+        amount: 25,
+        expect: TransactionState::Committed,
+    },
 ];
 
 /// Runs the demo, writing its report to `out`.
@@ -74,8 +102,13 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
     let mut banks = Vec::new();
     let mut urls = Vec::new();
     for (name, account, balance) in [("bank-a", "alice", 100), ("bank-b", "bob", 50)] {
-        let db = format!("sqlite://{}", dir.path().join(format!("{name}.db")).display());
-        let bank = Bank::open(&db).await.map_err(|e| DemoError::Bank(e.to_string()))?;
+        let db = format!(
+            "sqlite://{}",
+            dir.path().join(format!("{name}.db")).display()
+        );
+        let bank = Bank::open(&db)
+            .await
+            .map_err(|e| DemoError::Bank(e.to_string()))?;
         bank.open_account(account, balance)
             .await
             .map_err(|e| DemoError::Bank(e.to_string()))?;
@@ -87,7 +120,11 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
         banks.push((name, bank));
     }
 
-    writeln!(out, "twopc demo: coordinator at {coordinator_url}, bank-a at {}, bank-b at {}", urls[0], urls[1])?;
+    writeln!(
+        out,
+        "twopc demo: coordinator at {coordinator_url}, bank-a at {}, bank-b at {}",
+        urls[0], urls[1]
+    )?;
     let before = total(out, &banks, "before").await?;
 
     let client = CoordinatorClient::new(&coordinator_url);
@@ -109,7 +146,11 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
             ]),
         };
         let tx = client.create(&request, None).await?;
-        let reason = tx.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+        let reason = tx
+            .reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
         writeln!(
             out,
             "transfer {}: {} -> {} amount {:>3}: {}{reason}   [tx {}]",
@@ -134,7 +175,9 @@ pub async fn run(out: &mut impl Write) -> Result<(), DemoError> {
     let _ = stop_tx.send(true);
     let _ = coordinator_task.await;
     if before != after {
-        return Err(DemoError::Invariant(format!("total was {before} before and {after} after")));
+        return Err(DemoError::Invariant(format!(
+            "total was {before} before and {after} after"
+        )));
     }
     writeln!(out, "total unchanged: {after}")?;
     Ok(())
@@ -148,9 +191,16 @@ async fn total(
     let mut sum = 0;
     let mut line = format!("balances {label}:");
     for (name, bank) in banks {
-        for a in bank.accounts().await.map_err(|e| DemoError::Bank(e.to_string()))? {
+        for a in bank
+            .accounts()
+            .await
+            .map_err(|e| DemoError::Bank(e.to_string()))?
+        {
             if a.held != 0 {
-                return Err(DemoError::Invariant(format!("{name}/{} still holds {}", a.id, a.held)));
+                return Err(DemoError::Invariant(format!(
+                    "{name}/{} still holds {}",
+                    a.id, a.held
+                )));
             }
             sum += a.balance;
             line.push_str(&format!(" {name}/{}={}", a.id, a.balance));

@@ -86,11 +86,15 @@ impl<L: DecisionLog> Driver<L> {
                     Action::Prepare(names) => self.prepare_phase(claim, record, names).await?,
                     Action::Commit(names) => {
                         failpoint::hit(fp::AFTER_COMMIT_DECISION).await;
-                        let r = self.phase_two(claim, record, names, Decision::Commit).await?;
+                        let r = self
+                            .phase_two(claim, record, names, Decision::Commit)
+                            .await?;
                         (r, Vec::new())
                     }
                     Action::Abort(names) => {
-                        let r = self.phase_two(claim, record, names, Decision::Abort).await?;
+                        let r = self
+                            .phase_two(claim, record, names, Decision::Abort)
+                            .await?;
                         (r, Vec::new())
                     }
                 };
@@ -260,8 +264,8 @@ impl<L: DecisionLog> Driver<L> {
             let Ok(participant) = joined else {
                 continue;
             };
-            current = machine::apply(&current, Event::Acknowledged { participant }, now_millis())?
-                .record;
+            current =
+                machine::apply(&current, Event::Acknowledged { participant }, now_millis())?.record;
         }
         if current.state.is_final() {
             failpoint::hit(fp::BEFORE_COMPLETION).await;
@@ -301,7 +305,10 @@ async fn prepare_call(
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
             return Vote::Abort {
-                reason: format!("no answer to prepare within the deadline ({} ms)", budget.as_millis()),
+                reason: format!(
+                    "no answer to prepare within the deadline ({} ms)",
+                    budget.as_millis()
+                ),
             };
         }
         Err(e) => {

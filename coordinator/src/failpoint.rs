@@ -22,8 +22,8 @@ pub mod names {
 #[cfg(feature = "failpoints")]
 mod enabled {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     struct Point {
         once: bool,

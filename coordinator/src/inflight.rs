@@ -55,7 +55,10 @@ impl Inflight {
 
     /// How many transactions are being driven.
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap_or_else(PoisonError::into_inner).len()
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// Whether no transaction is being driven.

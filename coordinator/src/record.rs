@@ -3,8 +3,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use twopc::wire::{
-    Decision, ParticipantState, ParticipantView, TransactionId, TransactionState,
-    TransactionView, VoteKind,
+    Decision, ParticipantState, ParticipantView, TransactionId, TransactionState, TransactionView,
+    VoteKind,
 };
 
 /// Milliseconds since the Unix epoch.

@@ -82,12 +82,13 @@ impl Server {
     /// Opens the log and binds the listener.
     pub async fn build(config: ServerConfig) -> Result<Self, ServerError> {
         let log = AnyLog::connect(&config.database_url).await?;
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                address: config.listen.clone(),
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(&config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    address: config.listen.clone(),
+                    source,
+                })?;
         let local = listener.local_addr().map_err(ServerError::Serve)?;
         let base_url = format!("http://{}", advertised_addr(local));
         let advertise_url = config.advertise_url.clone().unwrap_or_else(|| {
@@ -135,7 +136,10 @@ impl Server {
     }
 
     /// Recovers unfinished transactions, then serves until `shutdown` completes.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let recovery = tokio::spawn(recovery::run(
             self.coordinator.clone(),

@@ -124,7 +124,8 @@ impl<L: DecisionLog> Coordinator<L> {
         let mut actions = Vec::new();
         if commit {
             // Logged straight as preparing: one write fewer than create-then-commit.
-            let t = machine::apply(&record, Event::CommitRequested, now).map_err(ServiceError::State)?;
+            let t = machine::apply(&record, Event::CommitRequested, now)
+                .map_err(ServiceError::State)?;
             record = t.record;
             record.version = 0;
             actions = t.actions;
@@ -243,10 +244,7 @@ impl<L: DecisionLog> Coordinator<L> {
 
     /// The transaction with this id.
     pub async fn get(&self, id: TransactionId) -> Result<TxRecord, ServiceError> {
-        self.log()
-            .get(id)
-            .await?
-            .ok_or(ServiceError::NotFound(id))
+        self.log().get(id).await?.ok_or(ServiceError::NotFound(id))
     }
 
     /// Transactions newest first, optionally in one state.
@@ -259,7 +257,12 @@ impl<L: DecisionLog> Coordinator<L> {
     }
 
     /// Runs a driver for a claimed transaction in its own task.
-    pub(crate) fn spawn_drive(self: &Arc<Self>, claim: Claim, record: TxRecord, actions: Vec<Action>) {
+    pub(crate) fn spawn_drive(
+        self: &Arc<Self>,
+        claim: Claim,
+        record: TxRecord,
+        actions: Vec<Action>,
+    ) {
         let me = self.clone();
         let span = info_span!("tx", tx = %record.id);
         tokio::spawn(

@@ -41,7 +41,9 @@ pub enum InvalidInput {
     #[error("a transaction may have at most {MAX_PARTICIPANTS} participants")]
     TooManyParticipants,
     /// A payload string with a NUL character (PostgreSQL's JSONB cannot store it).
-    #[error("participant '{0}' has a payload with a NUL character (\\u0000), which cannot be stored")]
+    #[error(
+        "participant '{0}' has a payload with a NUL character (\\u0000), which cannot be stored"
+    )]
     PayloadNul(String),
     /// One-shot commit with no participants.
     #[error("commit needs at least one participant")]
@@ -162,8 +164,14 @@ mod tests {
 
     #[test]
     fn urls_must_be_absolute_http() {
-        assert_eq!(url("http://127.0.0.1:7801/").unwrap(), "http://127.0.0.1:7801");
-        assert_eq!(url("https://bank.example/a/b").unwrap(), "https://bank.example/a/b");
+        assert_eq!(
+            url("http://127.0.0.1:7801/").unwrap(),
+            "http://127.0.0.1:7801"
+        );
+        assert_eq!(
+            url("https://bank.example/a/b").unwrap(),
+            "https://bank.example/a/b"
+        );
         for bad in [
             "ftp://x",
             "file:///etc/passwd",

@@ -35,11 +35,9 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "expected a body with Content-Type: application/json",
         ),
-        JsonRejection::BytesRejection(_) if rejection_is_too_large(&message) => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            message,
-        ),
+        JsonRejection::BytesRejection(_) if rejection_is_too_large(&message) => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", message)
+        }
         _ => ApiError::bad_request("invalid_json", message),
     }
 }
@@ -75,7 +73,10 @@ pub fn transaction_id(raw: &str) -> Result<TransactionId, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::bad_request(
             "invalid_transaction_id",
-            format!("'{}' is not a transaction id (a UUID)", raw.chars().take(64).collect::<String>()),
+            format!(
+                "'{}' is not a transaction id (a UUID)",
+                raw.chars().take(64).collect::<String>()
+            ),
         )
     })
 }

@@ -39,13 +39,33 @@ impl Metrics {
     pub fn render(&self, inflight: usize) -> String {
         let mut out = String::new();
         let counters = [
-            ("twopc_transactions_created_total", "Transactions created.", &self.created),
-            ("twopc_answers_committed_total", "Calls answered committed.", &self.committed),
-            ("twopc_answers_aborted_total", "Calls answered aborted.", &self.aborted),
-            ("twopc_answers_committing_total", "Calls answered committing (acknowledgements outstanding).", &self.committing),
+            (
+                "twopc_transactions_created_total",
+                "Transactions created.",
+                &self.created,
+            ),
+            (
+                "twopc_answers_committed_total",
+                "Calls answered committed.",
+                &self.committed,
+            ),
+            (
+                "twopc_answers_aborted_total",
+                "Calls answered aborted.",
+                &self.aborted,
+            ),
+            (
+                "twopc_answers_committing_total",
+                "Calls answered committing (acknowledgements outstanding).",
+                &self.committing,
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
         let _ = writeln!(
             out,

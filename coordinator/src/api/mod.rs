@@ -162,7 +162,10 @@ async fn healthz() -> impl IntoResponse {
 async fn metrics<L: DecisionLog>(State(app): State<Arc<AppState<L>>>) -> impl IntoResponse {
     let body = app.metrics.render(app.coordinator.inflight().len());
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         body,
     )
 }

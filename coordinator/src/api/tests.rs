@@ -113,14 +113,20 @@ async fn call_with(
         .unwrap();
     let res: Response<Body> = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (status, value)
 }
 
 fn assert_error_shape(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
 }
 
 async fn logged(log: &AnyLog) -> usize {
@@ -133,10 +139,26 @@ async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
     let p = |name: &str, url: &str| json!({"name": name, "url": url, "payload": {}});
     let cases: Vec<(String, StatusCode, &str)> = vec![
         ("{not json".into(), StatusCode::BAD_REQUEST, "invalid_json"),
-        (r#"{"timeout_ms": "soon"}"#.into(), StatusCode::BAD_REQUEST, "invalid_json"),
-        (r#"{"timeout": 5}"#.into(), StatusCode::BAD_REQUEST, "invalid_json"),
-        (r#"{"timeout_ms": 0}"#.into(), StatusCode::BAD_REQUEST, "invalid_timeout"),
-        (r#"{"timeout_ms": 999999999999}"#.into(), StatusCode::BAD_REQUEST, "invalid_timeout"),
+        (
+            r#"{"timeout_ms": "soon"}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            r#"{"timeout": 5}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            r#"{"timeout_ms": 0}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_timeout",
+        ),
+        (
+            r#"{"timeout_ms": 999999999999}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "invalid_timeout",
+        ),
         (
             json!({"participants": [p("a", "ftp://h/x")]}).to_string(),
             StatusCode::BAD_REQUEST,
@@ -173,7 +195,11 @@ async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
         assert_eq!(got, status, "{body}: {value}");
         assert_error_shape(&value, code);
     }
-    assert_eq!(logged(&f.log).await, 0, "a refused request wrote to the log");
+    assert_eq!(
+        logged(&f.log).await,
+        0,
+        "a refused request wrote to the log"
+    );
 
     let unknown = uuid::Uuid::now_v7();
     for (method, uri) in [
@@ -208,21 +234,42 @@ async fn enlist_validates_and_commit_needs_participants() {
     assert_eq!(tx["state"], "active");
     let id = tx["id"].as_str().unwrap().to_owned();
 
-    let (status, value) = call(&f.app, "POST", &format!("/v1/transactions/{id}/commit"), None).await;
+    let (status, value) = call(
+        &f.app,
+        "POST",
+        &format!("/v1/transactions/{id}/commit"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_error_shape(&value, "no_participants");
 
     let enlist = format!("/v1/transactions/{id}/participants");
-    let (status, value) =
-        call(&f.app, "POST", &enlist, Some(r#"{"name":"a","url":"gopher://x"}"#)).await;
+    let (status, value) = call(
+        &f.app,
+        "POST",
+        &enlist,
+        Some(r#"{"name":"a","url":"gopher://x"}"#),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error_shape(&value, "invalid_participant_url");
-    let (status, value) =
-        call(&f.app, "POST", &enlist, Some(r#"{"name":"a","url":"http://127.0.0.1:9"}"#)).await;
+    let (status, value) = call(
+        &f.app,
+        "POST",
+        &enlist,
+        Some(r#"{"name":"a","url":"http://127.0.0.1:9"}"#),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{value}");
     assert_eq!(value["participants"][0]["state"], "pending");
-    let (status, value) =
-        call(&f.app, "POST", &enlist, Some(r#"{"name":"a","url":"http://127.0.0.1:9"}"#)).await;
+    let (status, value) = call(
+        &f.app,
+        "POST",
+        &enlist,
+        Some(r#"{"name":"a","url":"http://127.0.0.1:9"}"#),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error_shape(&value, "duplicate_participant");
 
@@ -251,10 +298,22 @@ async fn one_shot_commit_commits_everywhere() {
     assert_eq!(counts.aborts.load(Ordering::SeqCst), 0);
 
     let id = tx["id"].as_str().unwrap();
-    let (status, again) = call(&f.app, "POST", &format!("/v1/transactions/{id}/commit"), None).await;
+    let (status, again) = call(
+        &f.app,
+        "POST",
+        &format!("/v1/transactions/{id}/commit"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["state"], "committed");
-    let (status, value) = call(&f.app, "POST", &format!("/v1/transactions/{id}/abort"), None).await;
+    let (status, value) = call(
+        &f.app,
+        "POST",
+        &format!("/v1/transactions/{id}/abort"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_error_shape(&value, "already_committed");
     let (status, value) = call(
@@ -266,7 +325,11 @@ async fn one_shot_commit_commits_everywhere() {
     .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_error_shape(&value, "transaction_not_active");
-    assert_eq!(counts.prepares.load(Ordering::SeqCst), 2, "repeats sent nothing");
+    assert_eq!(
+        counts.prepares.load(Ordering::SeqCst),
+        2,
+        "repeats sent nothing"
+    );
 
     let (_, listed) = call(&f.app, "GET", "/v1/transactions?state=committed", None).await;
     assert_eq!(listed["transactions"].as_array().unwrap().len(), 1);
@@ -303,7 +366,12 @@ async fn an_unreachable_participant_is_an_abort_vote() {
     ]});
     let (_, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body.to_string())).await;
     assert_eq!(tx["decision"], "abort", "{tx}");
-    assert!(tx["reason"].as_str().unwrap().contains("participant b voted abort"));
+    assert!(
+        tx["reason"]
+            .as_str()
+            .unwrap()
+            .contains("participant b voted abort")
+    );
 }
 
 #[tokio::test]
@@ -335,13 +403,31 @@ async fn abort_of_an_active_transaction_sends_nothing() {
     let body = json!({"participants": [{"name": "a", "url": url}]}).to_string();
     let (_, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body)).await;
     let id = tx["id"].as_str().unwrap();
-    let (status, aborted) = call(&f.app, "POST", &format!("/v1/transactions/{id}/abort"), None).await;
+    let (status, aborted) = call(
+        &f.app,
+        "POST",
+        &format!("/v1/transactions/{id}/abort"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(aborted["state"], "aborted");
-    let (status, again) = call(&f.app, "POST", &format!("/v1/transactions/{id}/abort"), None).await;
+    let (status, again) = call(
+        &f.app,
+        "POST",
+        &format!("/v1/transactions/{id}/abort"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["state"], "aborted");
-    let (_, committed) = call(&f.app, "POST", &format!("/v1/transactions/{id}/commit"), None).await;
+    let (_, committed) = call(
+        &f.app,
+        "POST",
+        &format!("/v1/transactions/{id}/commit"),
+        None,
+    )
+    .await;
     assert_eq!(committed["state"], "aborted");
     assert_eq!(counts.prepares.load(Ordering::SeqCst), 0);
     assert_eq!(counts.aborts.load(Ordering::SeqCst), 0);
@@ -353,9 +439,17 @@ async fn healthz_and_metrics_answer() {
     let (status, body) = call(&f.app, "GET", "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
-    let req = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let req = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
     let res = f.app.clone().oneshot(req).await.unwrap();
-    let text = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+    let text = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
     let text = String::from_utf8(text.to_vec()).unwrap();
-    assert!(text.contains("twopc_transactions_created_total 0"), "{text}");
+    assert!(
+        text.contains("twopc_transactions_created_total 0"),
+        "{text}"
+    );
 }

@@ -103,6 +103,8 @@ pub trait DecisionLog: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<TxRecord>, LogError>> + Send;
 
     /// Records not yet committed or aborted, oldest first, at most `limit`.
-    fn unfinished(&self, limit: u32)
-    -> impl Future<Output = Result<Vec<TxRecord>, LogError>> + Send;
+    fn unfinished(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TxRecord>, LogError>> + Send;
 }

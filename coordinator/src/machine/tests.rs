@@ -82,7 +82,13 @@ fn enlist_only_while_active_and_names_are_unique() {
         apply(&rec, Event::Enlist(p("a")), NOW),
         Err(TransitionError::DuplicateParticipant("a".into()))
     );
-    for st in [S::Preparing, S::Committing, S::Committed, S::Aborting, S::Aborted] {
+    for st in [
+        S::Preparing,
+        S::Committing,
+        S::Committed,
+        S::Aborting,
+        S::Aborted,
+    ] {
         assert_eq!(
             apply(&in_state(st), Event::Enlist(p("z")), NOW),
             Err(TransitionError::NotActive(st))
@@ -94,7 +100,10 @@ fn enlist_only_while_active_and_names_are_unique() {
 fn commit_sends_prepares_to_everyone() {
     let t = step(&tx(&["a", "b"]), Event::CommitRequested);
     assert_eq!(t.record.state, S::Preparing);
-    assert_eq!(t.actions, vec![Action::Prepare(vec!["a".into(), "b".into()])]);
+    assert_eq!(
+        t.actions,
+        vec![Action::Prepare(vec!["a".into(), "b".into()])]
+    );
     assert_eq!(t.record.decision, None);
 }
 
@@ -117,7 +126,13 @@ fn commit_after_the_deadline_aborts_without_contacting_anyone() {
 
 #[test]
 fn repeated_commit_changes_nothing() {
-    for st in [S::Preparing, S::Committing, S::Committed, S::Aborting, S::Aborted] {
+    for st in [
+        S::Preparing,
+        S::Committing,
+        S::Committed,
+        S::Aborting,
+        S::Aborted,
+    ] {
         let rec = in_state(st);
         let t = step(&rec, Event::CommitRequested);
         assert!(!t.changed, "{st}");
@@ -135,7 +150,10 @@ fn all_commit_votes_decide_commit_and_send_commits() {
     assert_eq!(t.record.state, S::Committing);
     assert_eq!(t.record.decision, Some(Decision::Commit));
     assert_eq!(t.record.decided_at, Some(NOW + 1));
-    assert_eq!(t.actions, vec![Action::Commit(vec!["a".into(), "b".into()])]);
+    assert_eq!(
+        t.actions,
+        vec![Action::Commit(vec!["a".into(), "b".into()])]
+    );
 }
 
 #[test]
@@ -306,7 +324,14 @@ fn no_interleaving_commits_with_an_abort_vote() {
         for vb in &votes {
             for vc in &votes {
                 let chosen = [va, vb, vc];
-                for order in [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]] {
+                for order in [
+                    [0, 1, 2],
+                    [0, 2, 1],
+                    [1, 0, 2],
+                    [1, 2, 0],
+                    [2, 0, 1],
+                    [2, 1, 0],
+                ] {
                     let mut rec = step(&tx(&names), Event::CommitRequested).record;
                     for i in order {
                         rec = step(&rec, voted(names[i], chosen[i].clone())).record;
