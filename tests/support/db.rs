@@ -57,7 +57,10 @@ impl TestDb {
         let name = format!("twopc_test_{}", uuid::Uuid::new_v4().simple());
         if kind == Kind::Sqlite {
             let dir = tempfile::tempdir().expect("tempdir");
-            let url = format!("sqlite://{}", dir.path().join(format!("{label}.db")).display());
+            let url = format!(
+                "sqlite://{}",
+                dir.path().join(format!("{label}.db")).display()
+            );
             return Some(TestDb {
                 kind,
                 url,
@@ -113,7 +116,10 @@ impl Drop for TestDb {
         let (kind, name) = (self.kind, self.name.clone());
         // Drop runs outside async context: use a private runtime on a helper thread.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -124,12 +130,16 @@ impl Drop for TestDb {
                 match kind {
                     Kind::Postgres => {
                         if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
-                            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
+                            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                                .execute(&mut c)
+                                .await;
                         }
                     }
                     Kind::MySql => {
                         if let Ok(mut c) = sqlx::MySqlConnection::connect(&admin).await {
-                            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
+                            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                                .execute(&mut c)
+                                .await;
                         }
                     }
                     Kind::Sqlite => {}
