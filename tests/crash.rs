@@ -5,6 +5,8 @@
 //! and `TWOPC_TEST_MYSQL_URL` are set (always in CI), in SQLite otherwise. The coordinator's log
 //! is SQLite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use serde_json::{Value, json};
 use std::time::Duration;
 use twopc::{LocalState, TransactionId};

@@ -120,10 +120,10 @@ pub async fn wait_until_up(url: &str, timeout: Duration) {
     let client = reqwest::Client::new();
     let start = Instant::now();
     loop {
-        if let Ok(r) = client.get(url).send().await {
-            if r.status().is_success() {
-                return;
-            }
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
         }
         assert!(
             start.elapsed() < timeout,

@@ -61,7 +61,7 @@ async fn run_bank(a: BankArgs) -> anyhow::Result<()> {
         bank.open_account(id, balance.parse()?).await?;
     }
     let listener = tokio::net::TcpListener::bind(&a.listen).await?;
-    tracing::info!(addr = %listener.local_addr()?, "bank participant serving");
+    tracing::info!(addr = %listener.local_addr()?, database = %a.database, "bank participant serving");
     bank.serve(listener, std::future::pending()).await?;
     Ok(())
 }
