@@ -79,8 +79,7 @@ impl<L: DecisionLog> Driver<L> {
         mut record: TxRecord,
         mut actions: Vec<Action>,
     ) -> Result<TxRecord, DriveError> {
-        let span = info_span!("drive", tx = %record.id);
-        async move {
+        {
             while let Some(action) = actions.pop() {
                 let (next, more) = match action {
                     Action::Prepare(names) => self.prepare_phase(claim, record, names).await?,
@@ -103,8 +102,6 @@ impl<L: DecisionLog> Driver<L> {
             }
             Ok(record)
         }
-        .instrument(span)
-        .await
     }
 
     /// Applies `event` and persists the result; on a concurrent change, applies it to the
@@ -142,7 +139,7 @@ impl<L: DecisionLog> Driver<L> {
         if let Some(claim) = claim {
             claim.publish(&next);
         }
-        debug!(tx = %next.id, state = %next.state, version = next.version, "logged");
+        debug!(state = %next.state, version = next.version, "logged");
         Ok(next)
     }
 
@@ -188,7 +185,7 @@ impl<L: DecisionLog> Driver<L> {
                 continue;
             };
             if let Vote::Abort { reason } = &vote {
-                info!(tx = %record.id, participant, reason, "voted abort");
+                info!(participant, reason, "voted abort");
             }
             let t = machine::apply(&current, Event::Voted { participant, vote }, now_millis())?;
             current = t.record;
@@ -215,13 +212,13 @@ impl<L: DecisionLog> Driver<L> {
         failpoint::hit(fp::BEFORE_DECISION).await;
         match self.persist(Some(claim), &record, current).await {
             Ok(saved) => {
-                info!(tx = %saved.id, decision = ?saved.decision, state = %saved.state, "decided");
+                info!(decision = ?saved.decision, state = %saved.state, "decided");
                 Ok((saved, actions))
             }
             Err(DriveError::Log(LogError::Conflict { .. })) => {
                 // Someone else decided first (an abort request): follow the logged state.
                 let fresh = self.reload(record.id).await?;
-                info!(tx = %fresh.id, state = %fresh.state, "decision raced; following the log");
+                info!(state = %fresh.state, "decision raced; following the log");
                 self.advance(Some(claim), fresh, Event::Recovered).await
             }
             Err(e) => Err(e),
@@ -250,7 +247,7 @@ impl<L: DecisionLog> Driver<L> {
             };
             let http = self.http.clone();
             let name = name.clone();
-            let span = info_span!("phase_two", tx = %record.id, participant = %name, verb);
+            let span = info_span!("phase_two", participant = %name, verb);
             calls.spawn(
                 async move {
                     deliver_until_acknowledged(&http, &url, &body, verb).await;
@@ -275,12 +272,12 @@ impl<L: DecisionLog> Driver<L> {
         }
         match self.persist(Some(claim), &record, current).await {
             Ok(saved) => {
-                info!(tx = %saved.id, state = %saved.state, "completed");
+                info!(state = %saved.state, "completed");
                 Ok(saved)
             }
             Err(DriveError::Log(LogError::Conflict { .. })) => {
                 let fresh = self.reload(record.id).await?;
-                warn!(tx = %fresh.id, state = %fresh.state, "completion raced; following the log");
+                warn!(state = %fresh.state, "completion raced; following the log");
                 Ok(fresh)
             }
             Err(e) => Err(e),
