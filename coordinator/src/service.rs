@@ -283,14 +283,22 @@ impl<L: DecisionLog> Coordinator<L> {
             return Ok(record);
         }
         let id = record.id;
-        if let Some(mut rx) = self.inflight.subscribe(id) {
-            let until_deadline = u64::try_from(record.deadline - now_millis()).unwrap_or(0);
-            // Phase one is bounded by the deadline; the margin covers logging the decision.
-            let decide_wait = Duration::from_millis(until_deadline) + Duration::from_secs(5);
-            let _ = tokio::time::timeout(decide_wait, rx.wait_for(|r| r.decision.is_some())).await;
-            let _ = tokio::time::timeout(self.ack_wait, rx.wait_for(|r| r.state.is_final())).await;
+        let Some(mut rx) = self.inflight.subscribe(id) else {
+            return self.get(id).await;
+        };
+        let until_deadline = u64::try_from(record.deadline - now_millis()).unwrap_or(0);
+        // Phase one is bounded by the deadline; the margin covers logging the decision.
+        let decide_wait = Duration::from_millis(until_deadline) + Duration::from_secs(5);
+        let _ = tokio::time::timeout(decide_wait, rx.wait_for(|r| r.decision.is_some())).await;
+        let _ = tokio::time::timeout(self.ack_wait, rx.wait_for(|r| r.state.is_final())).await;
+        // The watch holds the driver's last *persisted* record (it publishes only after a
+        // write succeeded), so it is what the log says without reading it again.
+        let latest = rx.borrow().clone();
+        if latest.version >= record.version {
+            Ok(latest)
+        } else {
+            self.get(id).await
         }
-        self.get(id).await
     }
 }
 

@@ -62,6 +62,12 @@ pub enum LogError {
         /// What was wrong.
         message: String,
     },
+    /// A group-commit batch failed as a whole; nothing in it was written.
+    #[error("decision log write failed: {0}")]
+    BatchFailed(String),
+    /// The log's writer task is gone (the log was closed).
+    #[error("decision log is closed")]
+    WriterGone,
     /// The URL does not name a supported store.
     #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
