@@ -1,8 +1,9 @@
-//! The `twopc` command line: `serve` and `demo`.
+//! The `twopc` command line: `serve`, `demo` and `check-participant`.
 
 use crate::demo::{self, DemoError};
 use crate::server::{self, Server, ServerConfig, ServerError};
 use clap::{Parser, Subcommand};
+use std::io::Write as _;
 use std::time::Duration;
 
 /// twopc: a two-phase-commit transaction coordinator for HTTP services.
@@ -21,6 +22,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run a coordinator and two bank participants in this process and make a few transfers.
     Demo,
+    /// Check a running participant (any language) against the protocol's rules; exit 0 only if all pass.
+    CheckParticipant(crate::conformance::CheckArgs),
+    /// Benchmark tools: a no-op participant and a load generator.
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 /// Options of `twopc serve`.
@@ -43,15 +49,60 @@ pub struct ServeArgs {
     pub ack_wait_ms: u64,
 }
 
+/// `twopc bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// A participant that answers every call at once and keeps NOTHING: for benchmarks only.
+    Participant {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7900")]
+        listen: String,
+    },
+    /// Drive one-shot transactions against a coordinator (or, with --direct, the participants).
+    Run(BenchRunArgs),
+}
+
+/// Options of `twopc bench run`.
+#[derive(Debug, clap::Args)]
+pub struct BenchRunArgs {
+    /// Coordinator base URL.
+    #[arg(long, default_value = "http://127.0.0.1:7800")]
+    pub coordinator: String,
+    /// Participant base URLs, comma separated; every transaction enlists all of them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub participants: Vec<String>,
+    /// Transactions in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Send prepare and commit straight to the participants, without the coordinator.
+    #[arg(long)]
+    pub direct: bool,
+    /// End with one JSON line holding the figures.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Errors of the command line.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// `serve` failed.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// A benchmark failed.
+    #[error(transparent)]
+    Load(#[from] crate::bench::load::LoadError),
+    /// Writing output failed.
+    #[error("output: {0}")]
+    Io(#[from] std::io::Error),
     /// `demo` failed.
     #[error(transparent)]
     Demo(#[from] DemoError),
+    /// `check-participant` failed or found a failing check.
+    #[error(transparent)]
+    Check(#[from] crate::conformance::ConformanceError),
 }
 
 /// Runs a parsed command line to completion.
@@ -69,8 +120,48 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             server.run(server::shutdown_signal()).await?;
             Ok(())
         }
+        Command::Bench(BenchCommand::Participant { listen }) => {
+            let listener = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    address: listen.clone(),
+                    source,
+                })?;
+            tracing::warn!(address = %listen, "no-op benchmark participant: it keeps nothing and promises nothing");
+            crate::bench::noop::serve(listener, server::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Run(args)) => {
+            let report = crate::bench::load::run(crate::bench::load::LoadConfig {
+                coordinator: args.coordinator.trim_end_matches('/').to_owned(),
+                participants: args
+                    .participants
+                    .iter()
+                    .map(|p| p.trim_end_matches('/').to_owned())
+                    .collect(),
+                concurrency: args.concurrency,
+                duration: std::time::Duration::from_secs_f64(args.duration.max(0.1)),
+                direct: args.direct,
+                progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            })
+            .await?;
+            let mut out = std::io::stdout().lock();
+            report.write_text(&mut out)?;
+            if args.json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&report).unwrap_or_default()
+                )?;
+            }
+            Ok(())
+        }
         Command::Demo => {
             demo::run(&mut std::io::stdout()).await?;
+            Ok(())
+        }
+        Command::CheckParticipant(args) => {
+            crate::conformance::command(args, &mut std::io::stdout()).await?;
             Ok(())
         }
     }

@@ -5,7 +5,9 @@
 //! transactions), [`api`] (the axum HTTP API) and [`cli`] (the `twopc` binary).
 
 pub mod api;
+pub mod bench;
 pub mod cli;
+pub mod conformance;
 pub mod demo;
 pub mod driver;
 pub mod failpoint;

@@ -9,6 +9,8 @@ async fn main() -> anyhow::Result<()> {
     let default_filter = match cli.command {
         Command::Demo => "warn",
         Command::Serve(_) => "info",
+        Command::CheckParticipant(_) => "warn",
+        Command::Bench(_) => "warn",
     };
     cli::init_tracing(default_filter);
     cli::run(cli).await?;

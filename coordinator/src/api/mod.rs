@@ -3,6 +3,7 @@
 mod error;
 mod extract;
 mod metrics;
+pub mod openapi;
 
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -10,9 +11,9 @@ pub use metrics::Metrics;
 use crate::log::DecisionLog;
 use crate::service::{Coordinator, MAX_LIST_LIMIT};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use extract::{ApiJson, ApiQuery, transaction_id};
 use serde::Deserialize;
@@ -35,16 +36,73 @@ pub struct AppState<L> {
     pub metrics: Metrics,
 }
 
+/// One route of the API: its method, its path (axum and OpenAPI write `{id}` alike) and its
+/// handler. The router is built from [`routes`] alone, so a test can compare them with the
+/// OpenAPI document.
+struct ApiRoute<L> {
+    /// The HTTP method.
+    method: Method,
+    /// The path pattern.
+    path: &'static str,
+    /// The handler for that method.
+    handler: MethodRouter<Arc<AppState<L>>>,
+}
+
+/// Every route the API serves.
+fn routes<L: DecisionLog>() -> Vec<ApiRoute<L>> {
+    let route = |method, path, handler| ApiRoute {
+        method,
+        path,
+        handler,
+    };
+    vec![
+        route(Method::POST, "/v1/transactions", post(create::<L>)),
+        route(Method::GET, "/v1/transactions", get(list::<L>)),
+        route(Method::GET, "/v1/transactions/{id}", get(show::<L>)),
+        route(
+            Method::POST,
+            "/v1/transactions/{id}/participants",
+            post(enlist::<L>),
+        ),
+        route(
+            Method::POST,
+            "/v1/transactions/{id}/commit",
+            post(commit::<L>),
+        ),
+        route(
+            Method::POST,
+            "/v1/transactions/{id}/abort",
+            post(abort::<L>),
+        ),
+        route(Method::GET, "/healthz", get(healthz)),
+        route(Method::GET, "/metrics", get(metrics::<L>)),
+        route(
+            Method::GET,
+            openapi::COORDINATOR_PATH,
+            get(openapi::coordinator_document),
+        ),
+        route(
+            Method::GET,
+            openapi::PARTICIPANT_PATH,
+            get(openapi::participant_document),
+        ),
+    ]
+}
+
+/// Method and path of every route the API serves, in the order they are registered.
+pub fn route_list() -> Vec<(Method, &'static str)> {
+    routes::<crate::log::AnyLog>()
+        .into_iter()
+        .map(|r| (r.method, r.path))
+        .collect()
+}
+
 /// The API's router.
 pub fn router<L: DecisionLog>(state: Arc<AppState<L>>) -> Router {
-    Router::new()
-        .route("/v1/transactions", post(create::<L>).get(list::<L>))
-        .route("/v1/transactions/{id}", get(show::<L>))
-        .route("/v1/transactions/{id}/participants", post(enlist::<L>))
-        .route("/v1/transactions/{id}/commit", post(commit::<L>))
-        .route("/v1/transactions/{id}/abort", post(abort::<L>))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics::<L>))
+    // Routes on one path merge into one method router, as `post(a).get(b)` would.
+    routes::<L>()
+        .into_iter()
+        .fold(Router::new(), |router, r| router.route(r.path, r.handler))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
