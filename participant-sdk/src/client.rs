@@ -90,18 +90,21 @@ impl CoordinatorClient {
         self.send(self.http.post(url)).await
     }
 
-    /// `GET /v1/transactions/{id}`: the transaction, or `None` when the coordinator answers 404
-    /// with its JSON error body (it has no record: presumed abort).
+    /// `GET /v1/transactions/{id}`: the transaction, or `None` when the coordinator answers
+    /// `404 transaction_not_found` (it has no record: presumed abort).
     ///
-    /// A 404 whose body is not the coordinator's error shape (a wrong base URL, a proxy) is an
-    /// [`ClientError::Api`] error, not `None`: the in-doubt resolver aborts on `None`, and must
-    /// not do so because a URL was mistyped.
+    /// Any other 404 (a wrong base URL, a proxy, the coordinator's `not_found` for an unknown
+    /// route) is a [`ClientError::Api`] error, not `None`: the in-doubt resolver aborts on
+    /// `None`, and must not do so because a URL was mistyped.
     pub async fn get(&self, id: TransactionId) -> Result<Option<TransactionView>, ClientError> {
         let url = self.url(&format!("/v1/transactions/{id}"));
         let resp = self.http.get(url).timeout(self.timeout).send().await?;
         let status = resp.status();
         let body = resp.bytes().await?;
-        if status == StatusCode::NOT_FOUND && serde_json::from_slice::<ErrorBody>(&body).is_ok() {
+        if status == StatusCode::NOT_FOUND
+            && serde_json::from_slice::<ErrorBody>(&body)
+                .is_ok_and(|e| e.error.code == crate::wire::TRANSACTION_NOT_FOUND)
+        {
             return Ok(None);
         }
         decode(status, &body).map(Some)

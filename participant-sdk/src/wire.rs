@@ -301,6 +301,10 @@ pub struct OutcomeResponse {
     pub state: String,
 }
 
+/// The coordinator's error code for an unknown transaction id: the one 404 that means
+/// "no record" (presumed abort) to an in-doubt participant.
+pub const TRANSACTION_NOT_FOUND: &str = "transaction_not_found";
+
 /// The error shape of every non-2xx answer: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -737,6 +737,13 @@ impl FakeCoordinator {
     async fn serve(&self) -> String {
         let app = axum::Router::new()
             .route("/v1/transactions/{id}", axum::routing::get(inquiry))
+            // Like the real coordinator: unknown routes get a JSON 404 with another code.
+            .fallback(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    axum::Json(ErrorBody::new("not_found", "no such route")),
+                )
+            })
             .with_state(self.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -803,7 +810,8 @@ where
         (committing, url.clone()),
         (aborted, url.clone()),
         (preparing, url.clone()),
-        // Every path there is a plain 404: not the coordinator's answer, so no presumed abort.
+        // Every path there is a JSON 404 `not_found` (a mistyped base URL): not the
+        // coordinator's `transaction_not_found`, so no presumed abort.
         (wrong_url, format!("{url}/not-the-coordinator")),
         (closed_port, closed),
     ] {

@@ -39,9 +39,11 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let message = e.to_string();
         match e {
-            ServiceError::NotFound(_) => {
-                Self::new(StatusCode::NOT_FOUND, "transaction_not_found", message)
-            }
+            ServiceError::NotFound(_) => Self::new(
+                StatusCode::NOT_FOUND,
+                twopc::wire::TRANSACTION_NOT_FOUND,
+                message,
+            ),
             ServiceError::Invalid(invalid) => Self::bad_request(invalid.code(), message),
             ServiceError::IdempotencyKeyReused(_) => {
                 Self::new(StatusCode::CONFLICT, "idempotency_key_reused", message)

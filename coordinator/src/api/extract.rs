@@ -68,7 +68,26 @@ where
     }
 }
 
-/// Parses a transaction id from the path: 400 `invalid_transaction_id` if it is not a UUID.
+/// The `{id}` path segment as a transaction id: 400 `invalid_transaction_id` (JSON) if it is
+/// not a UUID or not even valid UTF-8.
+#[derive(Debug)]
+pub struct TxPath(pub TransactionId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TxPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<String>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(raw)) => transaction_id(&raw).map(Self),
+            Err(e) => Err(ApiError::bad_request(
+                "invalid_transaction_id",
+                e.body_text(),
+            )),
+        }
+    }
+}
+
+/// Parses a transaction id: 400 `invalid_transaction_id` if it is not a UUID.
 pub fn transaction_id(raw: &str) -> Result<TransactionId, ApiError> {
     raw.parse().map_err(|_| {
         ApiError::bad_request(

@@ -10,12 +10,12 @@ pub use metrics::Metrics;
 
 use crate::log::DecisionLog;
 use crate::service::{Coordinator, MAX_LIST_LIMIT};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
-use extract::{ApiJson, ApiQuery, transaction_id};
+use extract::{ApiJson, ApiQuery, TxPath};
 use serde::Deserialize;
 use std::sync::Arc;
 use twopc::wire::{CreateTransaction, ParticipantSpec, TransactionList, TransactionState};
@@ -146,19 +146,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 async fn enlist<L: DecisionLog>(
     State(app): State<Arc<AppState<L>>>,
-    Path(id): Path<String>,
+    TxPath(id): TxPath,
     ApiJson(spec): ApiJson<ParticipantSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = transaction_id(&id)?;
     let record = app.coordinator.enlist(id, spec).await?;
     Ok((StatusCode::CREATED, Json(record.view())))
 }
 
 async fn commit<L: DecisionLog>(
     State(app): State<Arc<AppState<L>>>,
-    Path(id): Path<String>,
+    TxPath(id): TxPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = transaction_id(&id)?;
     let record = app.coordinator.commit(id).await?;
     app.metrics.observe(&record);
     Ok(Json(record.view()))
@@ -166,9 +164,8 @@ async fn commit<L: DecisionLog>(
 
 async fn abort<L: DecisionLog>(
     State(app): State<Arc<AppState<L>>>,
-    Path(id): Path<String>,
+    TxPath(id): TxPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = transaction_id(&id)?;
     let record = app.coordinator.abort(id).await?;
     app.metrics.observe(&record);
     Ok(Json(record.view()))
@@ -176,9 +173,8 @@ async fn abort<L: DecisionLog>(
 
 async fn show<L: DecisionLog>(
     State(app): State<Arc<AppState<L>>>,
-    Path(id): Path<String>,
+    TxPath(id): TxPath,
 ) -> Result<impl IntoResponse, ApiError> {
-    let id = transaction_id(&id)?;
     let record = app.coordinator.get(id).await?;
     Ok(Json(record.view()))
 }

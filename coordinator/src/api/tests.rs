@@ -211,9 +211,20 @@ async fn bad_input_gets_a_json_4xx_and_writes_nothing() {
         assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
         assert_error_shape(&value, "transaction_not_found");
     }
-    let (status, value) = call(&f.app, "GET", "/v1/transactions/42", None).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_error_shape(&value, "invalid_transaction_id");
+    for bad in [
+        "/v1/transactions/42",
+        "/v1/transactions/%FF",
+        "/v1/transactions/%FF/commit",
+    ] {
+        let method = if bad.ends_with("commit") {
+            "POST"
+        } else {
+            "GET"
+        };
+        let (status, value) = call(&f.app, method, bad, None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_error_shape(&value, "invalid_transaction_id");
+    }
     let (status, value) = call(&f.app, "GET", "/v1/transactions?state=done", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error_shape(&value, "invalid_state");
