@@ -6,15 +6,19 @@
 
 use crate::log::{DecisionLog, LogError};
 use crate::machine::{self, Event};
-use crate::record::now_millis;
+use crate::record::{TxRecord, now_millis};
 use crate::service::Coordinator;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-/// How many unfinished records one round reads.
+/// How many unfinished records one page of a round reads.
 pub const BATCH: u32 = 1000;
+/// Most transactions recovery drives at once: bounds memory and the load on participants when
+/// a restart finds a large backlog (a round waits for a free slot rather than reading ahead).
+pub const MAX_CONCURRENT_DRIVES: usize = 1024;
 
 /// What one recovery round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -29,52 +33,74 @@ pub struct RecoveryReport {
     pub expired: usize,
 }
 
-/// Runs one recovery round.
+/// Runs one recovery round over every unfinished record, page by page, driving at most
+/// `slots.available_permits()` transactions at once.
 pub async fn recover_once<L: DecisionLog>(
     coordinator: &Arc<Coordinator<L>>,
+    slots: &Arc<Semaphore>,
 ) -> Result<RecoveryReport, LogError> {
     let mut report = RecoveryReport::default();
-    let records = coordinator.log().unfinished(BATCH).await?;
-    for record in records {
-        report.examined += 1;
-        let Some(claim) = coordinator.inflight().claim(&record) else {
-            report.skipped += 1;
-            continue;
-        };
-        let t = match machine::apply(&record, Event::Recovered, now_millis()) {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(tx = %record.id, error = %e, "cannot recover transaction");
-                continue;
-            }
-        };
-        if !t.changed && t.actions.is_empty() {
-            continue;
+    let mut cursor = None;
+    loop {
+        let page = coordinator.log().unfinished_after(cursor, BATCH).await?;
+        let full = page.len() == BATCH as usize;
+        cursor = page.last().map(|r| (r.created_at, r.id));
+        for record in page {
+            report.examined += 1;
+            recover_one(coordinator, slots, record, &mut report).await?;
         }
-        let saved = if t.changed {
-            let mut next = t.record;
-            next.version = record.version + 1;
-            match coordinator.log().update(&next).await {
-                Ok(()) => next,
-                Err(LogError::Conflict { .. }) => {
-                    debug!(tx = %record.id, "changed while recovering; next round");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-        } else {
-            record
-        };
-        if t.actions.is_empty() {
-            report.expired += 1;
-            info!(tx = %saved.id, state = %saved.state, "recovered");
-        } else {
-            report.resumed += 1;
-            info!(tx = %saved.id, state = %saved.state, "resuming");
-            coordinator.spawn_drive(claim, saved, t.actions);
+        if !full {
+            return Ok(report);
         }
     }
-    Ok(report)
+}
+
+async fn recover_one<L: DecisionLog>(
+    coordinator: &Arc<Coordinator<L>>,
+    slots: &Arc<Semaphore>,
+    record: TxRecord,
+    report: &mut RecoveryReport,
+) -> Result<(), LogError> {
+    let Some(claim) = coordinator.inflight().claim(&record) else {
+        report.skipped += 1;
+        return Ok(());
+    };
+    let t = match machine::apply(&record, Event::Recovered, now_millis()) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(tx = %record.id, error = %e, "cannot recover transaction");
+            return Ok(());
+        }
+    };
+    if !t.changed && t.actions.is_empty() {
+        return Ok(());
+    }
+    let saved = if t.changed {
+        let mut next = t.record;
+        next.version = record.version + 1;
+        match coordinator.log().update(&next).await {
+            Ok(()) => next,
+            Err(LogError::Conflict { .. }) => {
+                debug!(tx = %record.id, "changed while recovering; next round");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        record
+    };
+    if t.actions.is_empty() {
+        report.expired += 1;
+        info!(tx = %saved.id, state = %saved.state, "recovered");
+    } else {
+        report.resumed += 1;
+        debug!(tx = %saved.id, state = %saved.state, "resuming");
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return Ok(());
+        };
+        coordinator.spawn_drive_holding(claim, saved, t.actions, slot);
+    }
+    Ok(())
 }
 
 /// Runs recovery now and then every `interval` until `shutdown` completes.
@@ -84,6 +110,7 @@ pub async fn run<L: DecisionLog>(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_DRIVES));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -91,7 +118,7 @@ pub async fn run<L: DecisionLog>(
             _ = &mut shutdown => return,
             _ = ticker.tick() => {}
         }
-        match recover_once(&coordinator).await {
+        match recover_once(&coordinator, &slots).await {
             Ok(r) if r.resumed + r.expired > 0 => info!(
                 examined = r.examined,
                 resumed = r.resumed,

@@ -263,6 +263,17 @@ impl<L: DecisionLog> Coordinator<L> {
         record: TxRecord,
         actions: Vec<Action>,
     ) {
+        self.spawn_drive_holding(claim, record, actions, ());
+    }
+
+    /// Like [`Self::spawn_drive`], holding `guard` (e.g. a semaphore permit) until it ends.
+    pub(crate) fn spawn_drive_holding<G: Send + 'static>(
+        self: &Arc<Self>,
+        claim: Claim,
+        record: TxRecord,
+        actions: Vec<Action>,
+        guard: G,
+    ) {
         let me = self.clone();
         let span = info_span!("tx", tx = %record.id);
         tokio::spawn(
@@ -271,6 +282,7 @@ impl<L: DecisionLog> Coordinator<L> {
                     error!(error = %e, "driver stopped; recovery will resume the transaction");
                 }
                 drop(claim);
+                drop(guard);
             }
             .instrument(span),
         );

@@ -1,7 +1,7 @@
 //! [`AnyLog`]: the store chosen by the database URL, plus the row encoding both stores share.
 
 use super::{Created, DecisionLog, IdempotencyKey, LogError, PostgresLog, SqliteLog};
-use crate::record::{ParticipantRecord, TxRecord};
+use crate::record::{Millis, ParticipantRecord, TxRecord};
 use twopc::wire::{Decision, TransactionId, TransactionState};
 
 /// A decision log in whichever store the URL names.
@@ -66,10 +66,14 @@ impl DecisionLog for AnyLog {
         }
     }
 
-    async fn unfinished(&self, limit: u32) -> Result<Vec<TxRecord>, LogError> {
+    async fn unfinished_after(
+        &self,
+        after: Option<(Millis, TransactionId)>,
+        limit: u32,
+    ) -> Result<Vec<TxRecord>, LogError> {
         match self {
-            Self::Sqlite(log) => log.unfinished(limit).await,
-            Self::Postgres(log) => log.unfinished(limit).await,
+            Self::Sqlite(log) => log.unfinished_after(after, limit).await,
+            Self::Postgres(log) => log.unfinished_after(after, limit).await,
         }
     }
 }

@@ -4,7 +4,7 @@
 //! first is compare-and-set on the record's `version`, so the trait does not assume a single
 //! writer (several coordinators may later share one PostgreSQL log).
 
-use crate::record::TxRecord;
+use crate::record::{Millis, TxRecord};
 use std::future::Future;
 use twopc::wire::{TransactionId, TransactionState};
 
@@ -111,6 +111,16 @@ pub trait DecisionLog: Send + Sync + 'static {
     /// Records not yet committed or aborted, oldest first, at most `limit`.
     fn unfinished(
         &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<TxRecord>, LogError>> + Send {
+        self.unfinished_after(None, limit)
+    }
+
+    /// Like [`DecisionLog::unfinished`], but only records after `after` (a record's
+    /// `(created_at, id)`) in that order: pages through any number of unfinished records.
+    fn unfinished_after(
+        &self,
+        after: Option<(Millis, TransactionId)>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<TxRecord>, LogError>> + Send;
 }

@@ -2,7 +2,7 @@
 
 use super::any::{decode_row, encode, expected_version, sql_limit};
 use super::{Created, DecisionLog, IdempotencyKey, LogError};
-use crate::record::{TxRecord, now_millis};
+use crate::record::{Millis, TxRecord, now_millis};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Row, SqlSafeStr};
@@ -60,6 +60,13 @@ pub(super) const LIST_STATE_SQL: &str =
 pub(super) const UNFINISHED_SQL: &str = select_tx!(
     "WHERE state NOT IN ('committed', 'aborted') \
      ORDER BY created_at ASC, twopc_transactions.id ASC LIMIT $1"
+);
+
+/// Unfinished records after a `(created_at, id)` cursor, oldest first.
+pub(super) const UNFINISHED_AFTER_SQL: &str = select_tx!(
+    "WHERE state NOT IN ('committed', 'aborted') \
+     AND (created_at, twopc_transactions.id) > ($1, $2::uuid) \
+     ORDER BY created_at ASC, twopc_transactions.id ASC LIMIT $3"
 );
 
 /// The decision log in a PostgreSQL database.
@@ -275,11 +282,27 @@ impl DecisionLog for PostgresLog {
         rows.iter().map(decode_row).collect()
     }
 
-    async fn unfinished(&self, limit: u32) -> Result<Vec<TxRecord>, LogError> {
-        let rows = sqlx::query(UNFINISHED_SQL)
-            .bind(sql_limit(limit))
-            .fetch_all(&self.pool)
-            .await?;
+    async fn unfinished_after(
+        &self,
+        after: Option<(Millis, TransactionId)>,
+        limit: u32,
+    ) -> Result<Vec<TxRecord>, LogError> {
+        let rows = match after {
+            None => {
+                sqlx::query(UNFINISHED_SQL)
+                    .bind(sql_limit(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some((created_at, id)) => {
+                sqlx::query(UNFINISHED_AFTER_SQL)
+                    .bind(created_at)
+                    .bind(id.to_string())
+                    .bind(sql_limit(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
         rows.iter().map(decode_row).collect()
     }
 }

@@ -490,6 +490,19 @@ async fn unfinished_is_non_final_oldest_first<L: DecisionLog + Clone>(log: L, ot
         expected[..3].to_vec()
     );
 
+    // Paging with a (created_at, id) cursor visits each exactly once, in order, ties included.
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = other.unfinished_after(cursor, 3).await.expect("page");
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().map(|r| (r.created_at, r.id));
+        paged.extend(page);
+    }
+    assert_eq!(paged, expected);
+
     // Finishing one removes it.
     let mut done = expected[0].clone();
     done.state = TransactionState::Aborted;
