@@ -60,6 +60,22 @@ pub enum BenchCommand {
     },
     /// Drive one-shot transactions against a coordinator (or, with --direct, the participants).
     Run(BenchRunArgs),
+    /// Log COUNT transactions decided to commit, start a coordinator on that log and time how
+    /// long recovery takes to deliver them all.
+    Recovery {
+        /// Decision log to fill (use a fresh one).
+        #[arg(long)]
+        database: String,
+        /// Participant base URLs (no-op participants), comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        participants: Vec<String>,
+        /// Transactions to recover.
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+        /// End with one JSON line holding the figures.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Options of `twopc bench run`.
@@ -91,6 +107,9 @@ pub enum CliError {
     /// `serve` failed.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The recovery benchmark failed.
+    #[error(transparent)]
+    RecoveryBench(#[from] crate::bench::recovery::RecoveryBenchError),
     /// A benchmark failed.
     #[error(transparent)]
     Load(#[from] crate::bench::load::LoadError),
@@ -129,6 +148,36 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 })?;
             tracing::warn!(address = %listen, "no-op benchmark participant: it keeps nothing and promises nothing");
             crate::bench::noop::serve(listener, server::shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Recovery {
+            database,
+            participants,
+            count,
+            json,
+        }) => {
+            let report = crate::bench::recovery::run(crate::bench::recovery::RecoveryConfig {
+                database_url: database,
+                participants: participants
+                    .iter()
+                    .map(|p| p.trim_end_matches('/').to_owned())
+                    .collect(),
+                count,
+            })
+            .await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "recovered {} transactions ({} participants each) in {:.2} s: {:.0} transactions/s",
+                report.count, report.participants, report.seconds, report.throughput_tps
+            )?;
+            if json {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&report).unwrap_or_default()
+                )?;
+            }
             Ok(())
         }
         Command::Bench(BenchCommand::Run(args)) => {
