@@ -210,6 +210,24 @@ impl<L: DecisionLog> Driver<L> {
         }
 
         failpoint::hit(fp::BEFORE_DECISION).await;
+        // DELIBERATELY BROKEN, test builds only (`failpoints` feature) and only with
+        // TWOPC_BROKEN=skip_decision_log: go on to the commits without logging the decision.
+        // The unlogged record keeps the logged version, so phase two's completion write (a
+        // compare-and-set) is the first to log it. This breaks the protocol's first rule on
+        // purpose, to show that the chaos test catches it (docs/reliability.md).
+        #[cfg(feature = "failpoints")]
+        if current.decision == Some(Decision::Commit)
+            && failpoint::broken::enabled(failpoint::broken::SKIP_DECISION_LOG)
+        {
+            warn!(tx = %record.id, "broken: commit decision NOT logged before the commits");
+            return Ok((
+                TxRecord {
+                    version: record.version,
+                    ..current
+                },
+                actions,
+            ));
+        }
         match self.persist(Some(claim), &record, current).await {
             Ok(saved) => {
                 info!(decision = ?saved.decision, state = %saved.state, "decided");

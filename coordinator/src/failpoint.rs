@@ -70,6 +70,46 @@ mod enabled {
     }
 }
 
+/// Deliberately broken behaviours, to prove that the chaos test (`tests/chaos/`) can fail.
+///
+/// Compiled only with the `failpoints` feature, like the fail points: release builds and
+/// `cargo build -p twopc-coordinator` contain none of this. With the feature, the environment
+/// variable `TWOPC_BROKEN` lists names separated by `,`; a coordinator started so is WRONG on
+/// purpose and must never serve real traffic (it logs that at ERROR when it first checks).
+#[cfg(feature = "failpoints")]
+pub mod broken {
+    use std::sync::OnceLock;
+
+    /// The driver sends the commits without logging the commit decision first; the decision
+    /// reaches the log only with the completion. A crash in between leaves the transaction
+    /// `preparing` in the log, so recovery aborts it while some participants have committed.
+    pub const SKIP_DECISION_LOG: &str = "skip_decision_log";
+
+    /// Whether the broken behaviour `name` is switched on by `TWOPC_BROKEN`.
+    pub fn enabled(name: &str) -> bool {
+        static NAMES: OnceLock<Vec<String>> = OnceLock::new();
+        NAMES
+            .get_or_init(|| {
+                let names: Vec<String> = std::env::var("TWOPC_BROKEN")
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(|n| n.trim().to_owned())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if !names.is_empty() {
+                    tracing::error!(
+                        broken = names.join(","),
+                        "TWOPC_BROKEN is set: this coordinator is deliberately broken (a self-check \
+                         of the chaos test); never use it for real transactions"
+                    );
+                }
+                names
+            })
+            .iter()
+            .any(|n| n == name)
+    }
+}
+
 /// Pauses forever if the fail point `name` is configured (only with the `failpoints` feature).
 #[cfg(feature = "failpoints")]
 pub async fn hit(name: &str) {

@@ -65,6 +65,11 @@ async fn recover_one<L: DecisionLog>(
         report.skipped += 1;
         return Ok(());
     };
+    // The page may be older than the claim: a driver here may have finished the transaction
+    // between the read and the claim. Re-read, so a finished one is not delivered again.
+    let Some(record) = coordinator.log().get(record.id).await? else {
+        return Ok(());
+    };
     let t = match machine::apply(&record, Event::Recovered, now_millis()) {
         Ok(t) => t,
         Err(e) => {

@@ -40,6 +40,52 @@ impl Kind {
     }
 }
 
+/// Whether a database server can be used, as [`Kind::probe`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// Its URL variable is not set.
+    NotConfigured,
+    /// Its URL variable is set but connecting failed (the reason).
+    Unreachable(String),
+    /// It answered at this admin URL.
+    Reachable(String),
+}
+
+impl Kind {
+    /// Tries to connect to the server (within 5 s) without panicking, in CI or not: for tools
+    /// that fall back to SQLite and say so (the chaos test). SQLite is always reachable.
+    pub async fn probe(self) -> Probe {
+        let Some(var) = self.env() else {
+            return Probe::Reachable(String::new());
+        };
+        let url = match std::env::var(var) {
+            Ok(url) if !url.is_empty() => url,
+            _ => return Probe::NotConfigured,
+        };
+        let connect = async {
+            match self {
+                Kind::Postgres => sqlx::PgConnection::connect(&url).await?.close().await,
+                Kind::MySql => sqlx::MySqlConnection::connect(&url).await?.close().await,
+                Kind::Sqlite => Ok(()),
+            }
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+            Ok(Ok(())) => Probe::Reachable(url),
+            Ok(Err(e)) => Probe::Unreachable(format!("{var}: {e}")),
+            Err(_) => Probe::Unreachable(format!("{var}: no answer within 5 s")),
+        }
+    }
+
+    /// Its name for people.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "SQLite",
+            Kind::Postgres => "PostgreSQL",
+            Kind::MySql => "MariaDB",
+        }
+    }
+}
+
 /// A database made for one test.
 pub struct TestDb {
     /// Which server.
@@ -99,6 +145,18 @@ impl TestDb {
             name,
             _dir: None,
         })
+    }
+}
+
+impl TestDb {
+    /// Leaves the database in place when this is dropped (for inspection after a failure);
+    /// answers its URL.
+    pub fn keep(mut self) -> String {
+        self.admin_url = None;
+        if let Some(dir) = self._dir.take() {
+            let _ = dir.keep();
+        }
+        self.url.clone()
     }
 }
 

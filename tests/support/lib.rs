@@ -64,6 +64,44 @@ impl Proc {
         }
     }
 
+    /// Starts `exe args` with its stdout and stderr appended to the file `log` instead of
+    /// echoed and collected: for long runs (the chaos test) whose output would fill memory.
+    /// [`has_line`](Self::has_line) and [`wait_for_line`](Self::wait_for_line) see no lines
+    /// of such a process.
+    pub fn spawn_logged(
+        name: &str,
+        exe: &str,
+        args: &[String],
+        envs: &[(&str, String)],
+        log: &std::path::Path,
+    ) -> std::io::Result<Proc> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .env("RUST_LOG", "info,sqlx=warn,hyper=warn,reqwest=warn");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn()?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            lines: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    /// How the process ended, if it has (without waiting).
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits until an output line contains `needle`.
     pub async fn wait_for_line(&self, needle: &str, timeout: Duration) {
         let start = Instant::now();
@@ -166,6 +204,19 @@ impl BankSnapshot {
         let bank = twopc_examples::bank::Bank::open(url)
             .await
             .unwrap_or_else(|e| panic!("open bank database {url}: {e}"));
+        let accounts = bank
+            .accounts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.id, (a.balance, a.held)))
+            .collect();
+        let rows = bank.participant_rows().await.unwrap();
+        BankSnapshot { accounts, rows }
+    }
+
+    /// Reads an already opened bank (no new pool, no migration run): for repeated polling.
+    pub async fn of(bank: &twopc_examples::bank::Bank) -> BankSnapshot {
         let accounts = bank
             .accounts()
             .await
