@@ -181,13 +181,25 @@ impl<L: DecisionLog> Driver<L> {
         let mut current = record.clone();
         let mut actions = Vec::new();
         while let Some(joined) = calls.join_next().await {
-            let Ok((participant, vote)) = joined else {
+            let Ok((participant, answer)) = joined else {
                 continue;
             };
-            if let Vote::Abort { reason } = &vote {
-                info!(participant, reason, "voted abort");
-            }
-            let t = machine::apply(&current, Event::Voted { participant, vote }, now_millis())?;
+            let event = match answer {
+                Ok(vote) => {
+                    if let Vote::Abort { reason } = &vote {
+                        info!(participant, reason, "voted abort");
+                    }
+                    Event::Voted { participant, vote }
+                }
+                // It stays `pending`, so the abort goes to it too: it may have prepared.
+                Err(why) => {
+                    info!(participant, why, "no vote");
+                    Event::AbortRequested {
+                        reason: format!("participant {participant} did not vote: {why}"),
+                    }
+                }
+            };
+            let t = machine::apply(&current, event, now_millis())?;
             current = t.record;
             actions = t.actions;
             if current.decision.is_some() {
@@ -303,34 +315,29 @@ impl<L: DecisionLog> Driver<L> {
     }
 }
 
-/// One prepare call; every failure is an abort vote with a reason.
+/// One prepare call: the participant's vote, or why there is none (a timeout, a transport
+/// error, another status, an answer that is not a vote).
+///
+/// No vote is not the same as an abort vote: a participant that voted abort holds nothing, but
+/// one that did not answer may have prepared (its answer lost), so it must be sent the abort.
 async fn prepare_call(
     http: &reqwest::Client,
     url: &str,
     body: &PrepareRequest,
     budget: Duration,
-) -> Vote {
+) -> Result<Vote, String> {
     if budget.is_zero() {
-        return Vote::Abort {
-            reason: "the transaction's deadline passed before prepare".into(),
-        };
+        return Err("the transaction's deadline passed before prepare".into());
     }
-    let answer = http.post(url).timeout(budget).json(body).send().await;
-    let response = match answer {
+    let response = match http.post(url).timeout(budget).json(body).send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => {
-            return Vote::Abort {
-                reason: format!(
-                    "no answer to prepare within the deadline ({} ms)",
-                    budget.as_millis()
-                ),
-            };
+            return Err(format!(
+                "no answer to prepare within the deadline ({} ms)",
+                budget.as_millis()
+            ));
         }
-        Err(e) => {
-            return Vote::Abort {
-                reason: format!("prepare call failed: {}", error_chain(&e)),
-            };
-        }
+        Err(e) => return Err(format!("prepare call failed: {}", error_chain(&e))),
     };
     let status = response.status();
     if status != StatusCode::OK {
@@ -338,16 +345,12 @@ async fn prepare_call(
             Ok(b) => format!("{}: {}", b.error.code, b.error.message),
             Err(_) => "no error detail".to_owned(),
         };
-        return Vote::Abort {
-            reason: format!("prepare answered {status} ({detail})"),
-        };
+        return Err(format!("prepare answered {status} ({detail})"));
     }
-    match response.json::<Vote>().await {
-        Ok(vote) => vote,
-        Err(e) => Vote::Abort {
-            reason: format!("prepare answer was not a vote: {}", error_chain(&e)),
-        },
-    }
+    response
+        .json::<Vote>()
+        .await
+        .map_err(|e| format!("prepare answer was not a vote: {}", error_chain(&e)))
 }
 
 /// Sends one commit or abort until the participant answers 200.

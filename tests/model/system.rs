@@ -59,9 +59,10 @@ pub struct Config {
     pub client_abort: bool,
     /// Whether prepared participants ask the coordinator (the SDK's in-doubt resolver).
     pub inquiries: bool,
-    /// The change proposed in docs/reliability.md: a prepare call that ends without an answer
-    /// (timeout, transport error) is folded in as `AbortRequested` instead of an abort vote,
-    /// so the participant stays `pending` in the record and is sent the abort.
+    /// The product's rule since the model found the gap (docs/reliability.md): a prepare call
+    /// that ends without an answer (timeout, transport error) is folded in as `AbortRequested`
+    /// instead of an abort vote, so the participant stays `pending` and is sent the abort.
+    /// Off only to show the old rule's gap.
     pub abort_unanswered: bool,
     /// Most coordinator crashes in one execution.
     pub coordinator_crashes: u8,
@@ -89,7 +90,7 @@ impl Config {
             read_only: true,
             client_abort: true,
             inquiries: true,
-            abort_unanswered: false,
+            abort_unanswered: true,
             coordinator_crashes: crashes.0,
             participant_crashes: crashes.1,
             losses,
@@ -1061,7 +1062,7 @@ pub const SITUATIONS: [&str; 8] = [
     "committed everywhere",
     "committed, with a read-only participant",
     "aborted, with a tombstone at a participant",
-    "aborted, a participant never heard of it",
+    "aborted, a prepared participant whose vote was lost is sent the abort",
     "presumed abort after a coordinator crash before the decision",
     "coordinator down while committing, a participant prepared",
     "the coordinator answered commit to an inquiry",
@@ -1086,7 +1087,15 @@ impl System {
                 && rows
                     .iter()
                     .any(|r| r.is_some_and(|r| r.state == LocalState::Aborted && r.vote.is_none())),
-            aborted && rows.iter().any(Option::is_none),
+            aborted
+                && s.log.is_some_and(|l| {
+                    (0..self.n).any(|i| {
+                        l.parts[i].vote.is_none()
+                            && rows[i].is_some_and(|r| {
+                                r.state == LocalState::Aborted && r.vote == Some(VoteKind::Commit)
+                            })
+                    })
+                }),
             s.coordinator_crashes > 0
                 && !s.client_aborted
                 && s.log.is_some_and(|l| {

@@ -365,7 +365,7 @@ async fn an_abort_vote_aborts_with_its_reason() {
 }
 
 #[tokio::test]
-async fn an_unreachable_participant_is_an_abort_vote() {
+async fn an_unreachable_participant_decides_abort_and_is_sent_the_abort() {
     let f = fixture().await;
     let (url, _) = scripted_participant().await;
     let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -381,8 +381,13 @@ async fn an_unreachable_participant_is_an_abort_vote() {
         tx["reason"]
             .as_str()
             .unwrap()
-            .contains("participant b voted abort")
+            .starts_with("participant b did not vote: prepare call failed"),
+        "{tx}"
     );
+    // b never answered: it may have prepared, so it is sent the abort as well; the abort to
+    // an unreachable b is retried in the background, so the answer is `aborting`.
+    assert_eq!(tx["participants"][1]["vote"], serde_json::Value::Null);
+    assert_eq!(tx["state"], "aborting", "{tx}");
 }
 
 #[tokio::test]
