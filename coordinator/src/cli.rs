@@ -57,6 +57,9 @@ pub enum BenchCommand {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7900")]
         listen: String,
+        /// Milliseconds to wait before answering prepare (keeps transactions in flight).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
     },
     /// Drive one-shot transactions against a coordinator (or, with --direct, the participants).
     Run(BenchRunArgs),
@@ -139,7 +142,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             server.run(server::shutdown_signal()).await?;
             Ok(())
         }
-        Command::Bench(BenchCommand::Participant { listen }) => {
+        Command::Bench(BenchCommand::Participant { listen, delay_ms }) => {
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|source| ServerError::Bind {
@@ -147,7 +150,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     source,
                 })?;
             tracing::warn!(address = %listen, "no-op benchmark participant: it keeps nothing and promises nothing");
-            crate::bench::noop::serve(listener, server::shutdown_signal()).await?;
+            crate::bench::noop::serve(
+                listener,
+                Duration::from_millis(delay_ms),
+                server::shutdown_signal(),
+            )
+            .await?;
             Ok(())
         }
         Command::Bench(BenchCommand::Recovery {

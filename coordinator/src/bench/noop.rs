@@ -7,14 +7,21 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::json;
 use std::future::Future;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// The no-op participant's router: `/prepare`, `/commit`, `/abort`.
-pub fn router() -> Router {
+/// The no-op participant's router: `/prepare` (answered after `prepare_delay`), `/commit`,
+/// `/abort`.
+pub fn router(prepare_delay: Duration) -> Router {
     Router::new()
         .route(
             "/prepare",
-            post(|| async { Json(json!({"vote": "commit"})) }),
+            post(move || async move {
+                if !prepare_delay.is_zero() {
+                    tokio::time::sleep(prepare_delay).await;
+                }
+                Json(json!({"vote": "commit"}))
+            }),
         )
         .route(
             "/commit",
@@ -35,9 +42,10 @@ pub fn router() -> Router {
 /// Serves the no-op participant until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
+    prepare_delay: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router())
+    axum::serve(listener, router(prepare_delay))
         .with_graceful_shutdown(shutdown)
         .await
 }
