@@ -36,7 +36,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, inflight: usize) -> String {
+    pub fn render(&self, inflight: usize, log_writes: Option<(u64, u64)>) -> String {
         let mut out = String::new();
         let counters = [
             (
@@ -71,6 +71,12 @@ impl Metrics {
             out,
             "# HELP twopc_inflight_transactions Transactions driven by this process now.\n# TYPE twopc_inflight_transactions gauge\ntwopc_inflight_transactions {inflight}"
         );
+        if let Some((batches, writes)) = log_writes {
+            let _ = writeln!(
+                out,
+                "# HELP twopc_log_batches_total Decision-log commits (one fsync each).\n# TYPE twopc_log_batches_total counter\ntwopc_log_batches_total {batches}\n# HELP twopc_log_writes_total Decision-log writes, group-committed in those batches.\n# TYPE twopc_log_writes_total counter\ntwopc_log_writes_total {writes}"
+            );
+        }
         out
     }
 }

@@ -214,7 +214,10 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn metrics<L: DecisionLog>(State(app): State<Arc<AppState<L>>>) -> impl IntoResponse {
-    let body = app.metrics.render(app.coordinator.inflight().len());
+    let body = app.metrics.render(
+        app.coordinator.inflight().len(),
+        app.coordinator.log().write_stats(),
+    );
     (
         [(
             axum::http::header::CONTENT_TYPE,

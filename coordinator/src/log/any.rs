@@ -30,6 +30,13 @@ impl AnyLog {
 }
 
 impl DecisionLog for AnyLog {
+    fn write_stats(&self) -> Option<(u64, u64)> {
+        match self {
+            Self::Sqlite(log) => log.write_stats(),
+            Self::Postgres(log) => log.write_stats(),
+        }
+    }
+
     async fn create(
         &self,
         record: &TxRecord,

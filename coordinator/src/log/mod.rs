@@ -108,6 +108,11 @@ pub trait DecisionLog: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<Vec<TxRecord>, LogError>> + Send;
 
+    /// Group-commit counters `(batches committed, writes in them)`, for stores that batch.
+    fn write_stats(&self) -> Option<(u64, u64)> {
+        None
+    }
+
     /// Records not yet committed or aborted, oldest first, at most `limit`.
     fn unfinished(
         &self,

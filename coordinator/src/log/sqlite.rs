@@ -439,6 +439,13 @@ async fn update_in(conn: &mut SqliteConnection, record: &TxRecord) -> Result<(),
 }
 
 impl DecisionLog for SqliteLog {
+    fn write_stats(&self) -> Option<(u64, u64)> {
+        Some((
+            self.stats.batches.load(Ordering::Relaxed),
+            self.stats.writes.load(Ordering::Relaxed),
+        ))
+    }
+
     async fn create(
         &self,
         record: &TxRecord,
