@@ -11,7 +11,7 @@ use crate::service::Coordinator;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tracing::{debug, info, warn};
 
 /// How many unfinished records one page of a round reads.
@@ -19,6 +19,10 @@ pub const BATCH: u32 = 1000;
 /// Most transactions recovery drives at once: bounds memory and the load on participants when
 /// a restart finds a large backlog (a round waits for a free slot rather than reading ahead).
 pub const MAX_CONCURRENT_DRIVES: usize = 1024;
+
+/// Longest a recovered drive counts against [`MAX_CONCURRENT_DRIVES`]; one still retrying a
+/// participant that is down after this goes on without a slot.
+pub const SLOT_HOLD_MAX: Duration = Duration::from_secs(10);
 
 /// What one recovery round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -103,7 +107,14 @@ async fn recover_one<L: DecisionLog>(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return Ok(());
         };
-        coordinator.spawn_drive_holding(claim, saved, t.actions, slot);
+        // The slot is freed when the drive ends, or after SLOT_HOLD_MAX if it is still
+        // retrying a participant that is down: such drives must not starve the others.
+        let (ended, end) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(SLOT_HOLD_MAX, end).await;
+            drop(slot);
+        });
+        coordinator.spawn_drive_holding(claim, saved, t.actions, ended);
     }
     Ok(())
 }
