@@ -190,6 +190,8 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
         let participant = req.participant.as_str();
         // First statement: takes the key's lock. A concurrent prepare or abort of the same key
         // waits here until this transaction ends, then finds the row and repeats its vote.
+        // The row is written as the common outcome (prepared, vote commit), so that outcome
+        // needs no second write; nobody else sees the row before this transaction commits.
         let inserted = self
             .store
             .insert_if_absent(
@@ -198,7 +200,7 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
                     participant,
                     transaction_id: id,
                     state: LocalState::Prepared,
-                    vote: None,
+                    vote: Some(VoteKind::Commit),
                     reason: None,
                     payload: Some(payload_text),
                     coordinator: Some(&req.coordinator),
@@ -227,12 +229,8 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
                         source,
                     })?;
                 let change = match &vote {
-                    Vote::Commit => RowChange {
-                        state: LocalState::Prepared,
-                        vote: Some(VoteKind::Commit),
-                        reason: None,
-                        now_ms: now_ms(),
-                    },
+                    // The inserted row says so already.
+                    Vote::Commit => return Ok(vote),
                     Vote::ReadOnly => RowChange {
                         state: LocalState::ReadOnly,
                         vote: Some(VoteKind::ReadOnly),
