@@ -259,15 +259,35 @@ async fn run_batch(pool: &SqlitePool, batch: &mut Vec<WriteOp>, stats: &WriterSt
         Err(e) => return fail_all(batch.drain(..).map(|op| op.into_done_err()), &e),
     };
     let mut done = Vec::with_capacity(batch.len());
+    let mut failed: Option<sqlx::Error> = None;
     for op in batch.drain(..) {
-        done.push(match op {
+        if failed.is_some() {
+            done.push(op.into_unrun());
+            continue;
+        }
+        let d = match op {
             WriteOp::Create { record, key, reply } => {
                 Done::Create(reply, create_in(&mut tx, &record, key.as_ref()).await)
             }
             WriteOp::Update { record, reply } => {
                 Done::Update(reply, update_in(&mut tx, &record).await)
             }
-        });
+        };
+        // A database error (I/O, disk full, ...) may have rolled the whole transaction back
+        // inside SQLite, and the statements after it would then run in autocommit mode, each
+        // durable on its own while its caller hears "failed". So one such error fails the whole
+        // batch: roll back, answer every write with the error, write nothing. (A lost
+        // compare-and-set, a duplicate id or a reused key are answers, not failures.)
+        if let Some(e) = d.database_error() {
+            failed = Some(e);
+        }
+        done.push(d);
+    }
+    if let Some(e) = failed {
+        if let Err(rollback) = tx.rollback().await {
+            tracing::warn!(error = %rollback, "rolling back a failed decision-log batch failed");
+        }
+        return fail_all(done.into_iter().map(|d| d.into_err_target()), &e);
     }
     let writes = done.len() as u64;
     match tx.commit().await {
@@ -304,7 +324,29 @@ impl WriteOp {
     }
 }
 
+impl WriteOp {
+    /// A write that was not run because the batch had already failed.
+    fn into_unrun(self) -> Done {
+        match self {
+            WriteOp::Create { reply, .. } => Done::Create(reply, Err(LogError::WriterGone)),
+            WriteOp::Update { reply, .. } => Done::Update(reply, Err(LogError::WriterGone)),
+        }
+    }
+}
+
 impl Done {
+    /// The database failure this write met, if any (a copy: `sqlx::Error` is not `Clone`).
+    fn database_error(&self) -> Option<sqlx::Error> {
+        let result = match self {
+            Done::Create(_, Err(e)) | Done::Update(_, Err(e)) => e,
+            _ => return None,
+        };
+        match result {
+            LogError::Database(e) => Some(sqlx::Error::Protocol(e.to_string())),
+            _ => None,
+        }
+    }
+
     fn into_err_target(self) -> ReplyTo {
         match self {
             Done::Create(reply, _) => ReplyTo::Create(reply),
@@ -558,6 +600,42 @@ fn parse_url(url: &str) -> Option<UrlKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write that fails in the database fails its whole batch: nothing of the batch is
+    /// written, and every caller hears so (no write is durable while its caller hears "failed").
+    #[tokio::test]
+    async fn a_failed_write_fails_its_whole_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("log.db").display());
+        let log = SqliteLog::connect(&url).await.unwrap();
+        let good_a = TxRecord::new(TransactionId::new(), 1000, now_millis());
+        // timeout_ms beyond i64 cannot be stored: the write fails in the database layer.
+        let bad = TxRecord::new(TransactionId::new(), u64::MAX, now_millis());
+        let good_b = TxRecord::new(TransactionId::new(), 1000, now_millis());
+        let mut batch = Vec::new();
+        let mut answers = Vec::new();
+        for record in [good_a.clone(), bad, good_b.clone()] {
+            let (reply, answer) = oneshot::channel();
+            batch.push(WriteOp::Create {
+                record,
+                key: None,
+                reply,
+            });
+            answers.push(answer);
+        }
+        run_batch(log.pool(), &mut batch, &WriterStats::default()).await;
+        for answer in answers {
+            assert!(matches!(
+                answer.await.unwrap(),
+                Err(LogError::BatchFailed(_))
+            ));
+        }
+        assert_eq!(log.get(good_a.id).await.unwrap(), None);
+        assert_eq!(log.get(good_b.id).await.unwrap(), None);
+        // The log still works afterwards.
+        log.create(&good_a, None).await.unwrap();
+        assert!(log.get(good_a.id).await.unwrap().is_some());
+    }
 
     /// Concurrent writes share commits: fewer batches (fsyncs) than writes, and every write
     /// is there afterwards.
