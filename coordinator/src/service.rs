@@ -229,12 +229,16 @@ impl<L: DecisionLog> Coordinator<L> {
                 Ok(saved) => {
                     // If a driver here owns it, its next write conflicts and it follows the
                     // abort; otherwise this call takes over the delivery of the aborts.
-                    if !t.actions.is_empty()
-                        && let Some(claim) = self.inflight.claim(&saved)
-                    {
-                        self.spawn_drive(claim, saved.clone(), t.actions);
+                    if t.actions.is_empty() {
+                        return Ok(saved);
                     }
-                    return self.await_outcome(saved).await;
+                    if let Some(claim) = self.inflight.claim(&saved) {
+                        self.spawn_drive(claim, saved.clone(), t.actions);
+                        return self.await_outcome(saved).await;
+                    }
+                    // The owner may still be waiting for slow prepares (up to the deadline):
+                    // answer `aborting` now rather than wait for it.
+                    return Ok(saved);
                 }
                 Err(DriveError::Log(LogError::Conflict { .. })) => continue,
                 Err(e) => return Err(e.into()),

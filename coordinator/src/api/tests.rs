@@ -469,3 +469,51 @@ async fn healthz_and_metrics_answer() {
         "{text}"
     );
 }
+
+/// Abort while prepares are out: answered `aborting` at once (not after the slow prepare), and
+/// the commit call that was waiting ends `aborted`; the slow participant is sent the abort.
+#[tokio::test]
+async fn abort_while_preparing_answers_without_waiting_for_slow_prepares() {
+    let f = fixture().await;
+    let aborts = Arc::new(AtomicUsize::new(0));
+    let seen = aborts.clone();
+    let slow = Router::new()
+        .route(
+            "/prepare",
+            post(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Json(json!({"vote": "commit"}))
+            }),
+        )
+        .route(
+            "/abort",
+            post(move || async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                Json(json!({"state": "aborted"}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, slow).await });
+
+    let body = json!({"timeout_ms": 10000, "participants": [{"name": "slow", "url": url}]});
+    let (_, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body.to_string())).await;
+    let id = tx["id"].as_str().unwrap().to_owned();
+    let app = f.app.clone();
+    let commit_uri = format!("/v1/transactions/{id}/commit");
+    let committing = tokio::spawn(async move { call(&app, "POST", &commit_uri, None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, aborted) = call(
+        &f.app,
+        "POST",
+        &format!("/v1/transactions/{id}/abort"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(aborted["state"], "aborting", "{aborted}");
+    assert_eq!(aborted["reason"], "aborted by client");
+    let (_, after) = committing.await.unwrap();
+    assert_eq!(after["state"], "aborted", "{after}");
+    assert_eq!(aborts.load(Ordering::SeqCst), 1);
+}
