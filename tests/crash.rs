@@ -123,17 +123,73 @@ async fn crash_after_commit_decision_commits_everywhere_after_restart() {
     assert_money(&a, &b, 70, 80).await;
 }
 
-/// (b) Killed after the prepares, before the decision: after the restart every participant
-/// aborts and nothing stays reserved.
+/// (b) Killed after the prepares, before the decision, of a one-shot commit without an
+/// idempotency key, which is first logged with its decision: while the coordinator is alive,
+/// participants that ask hear "still preparing"; after the kill there is no record, and
+/// asking gets them the 404 that means abort (presumed abort). Nothing stays reserved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_before_decision_aborts_everywhere_after_restart() {
     let dbs = dbs().await;
-    let (mut c, a, b) = cluster(&dbs, Some("before_decision=pause"), 600_000).await;
+    // Participants ask about a prepared transaction after 300 ms.
+    let (mut c, a, b) = cluster(&dbs, Some("before_decision=pause"), 300).await;
     let url = format!("{}/v1/transactions", c.url);
     let body = transfer(&a, &b, 30);
     // The call hangs with the driver; it is answered by the kill.
     let pending =
         tokio::spawn(async move { reqwest::Client::new().post(url).json(&body).send().await });
+    c.proc
+        .wait_for_line("failpoint before_decision reached", WAIT)
+        .await;
+    let listed = reqwest::get(format!("{}/v1/transactions?state=preparing", c.url))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let id = tx_id(&listed["transactions"][0]);
+    // Long enough for both to have asked a few times: they stay prepared, holding.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.get(&id.to_string()).await["state"], "preparing");
+    assert_eq!(
+        a.snapshot().await.account("alice"),
+        (100, 30),
+        "alice's 30 are held"
+    );
+    assert_eq!(a.snapshot().await.state_of(id), Some(LocalState::Prepared));
+    assert_eq!(b.snapshot().await.state_of(id), Some(LocalState::Prepared));
+
+    c.kill9();
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the killed coordinator cannot have answered"
+    );
+    c.restart(None).await;
+    wait_for_local_state(&a, id, LocalState::Aborted).await;
+    wait_for_local_state(&b, id, LocalState::Aborted).await;
+    let status = reqwest::get(format!("{}/v1/transactions/{id}", c.url))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 404, "nothing was logged: no record means abort");
+    assert_money(&a, &b, 100, 50).await;
+}
+
+/// (b') The same crash with an `Idempotency-Key`, whose transaction is logged before the
+/// prepares: after the restart recovery finds it undecided and aborts it everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_decision_of_a_keyed_commit_aborts_everywhere_after_restart() {
+    let dbs = dbs().await;
+    let (mut c, a, b) = cluster(&dbs, Some("before_decision=pause"), 600_000).await;
+    let url = format!("{}/v1/transactions", c.url);
+    let body = transfer(&a, &b, 30);
+    let pending = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("Idempotency-Key", "crash-b-prime")
+            .json(&body)
+            .send()
+            .await
+    });
     c.proc
         .wait_for_line("failpoint before_decision reached", WAIT)
         .await;
@@ -321,7 +377,10 @@ async fn participants_in_doubt_resolve_by_inquiry() {
 }
 
 /// `twopc serve` with two bank processes: a transfer commits, one with insufficient funds
-/// aborts with the reason, and both read the same after the coordinator restarts.
+/// aborts with the reason, and both read the same after the coordinator restarts. (The client
+/// hears the outcome as the completion is being logged; killed before that write, the restarted
+/// coordinator shows `committing` until recovery has re-delivered, then the same record with a
+/// later `completed_at`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outcomes_survive_a_coordinator_restart() {
     let dbs = dbs().await;
@@ -337,8 +396,12 @@ async fn outcomes_survive_a_coordinator_restart() {
     );
     c.kill9();
     c.restart(None).await;
-    for before in [ok, refused] {
-        let after = c.get(before["id"].as_str().unwrap()).await;
+    for mut before in [ok, refused] {
+        let id = before["id"].as_str().unwrap().to_owned();
+        let state = before["state"].as_str().unwrap().to_owned();
+        let mut after = c.wait_for_state(&id, &state, WAIT).await;
+        let (was, is) = (before["completed_at"].take(), after["completed_at"].take());
+        assert!(is.as_str().unwrap() >= was.as_str().unwrap(), "{was} {is}");
         assert_eq!(after, before);
     }
     assert_money(&a, &b, 70, 80).await;

@@ -49,6 +49,18 @@ fn model_2_participants_holds() {
     assert!(stats.final_states > 0, "{stats}");
 }
 
+/// The one-shot create with an `Idempotency-Key`: logged before the prepares.
+#[test]
+fn model_2_participants_keyed_create_holds() {
+    let config = Config {
+        log_create: true,
+        ..two_participants()
+    };
+    let stats = run("2 participants, keyed create", config).unwrap_or_else(|v| panic!("{v}"));
+    assert!(stats.states > 100_000, "{stats}");
+    assert!(stats.final_states > 0, "{stats}");
+}
+
 #[test]
 fn model_3_participants_holds() {
     let stats = run("3 participants", three_participants()).unwrap_or_else(|v| panic!("{v}"));
@@ -117,6 +129,7 @@ fn wrong_rule_no_tombstone_is_caught() {
     // handling of unanswered prepares is on so that only the missing tombstone can do that.
     let mut config = Config::new(2, (1, 1), 1);
     config.inquiries = false;
+    config.log_create = true; // see `presumed_abort_of_an_unlogged_create_needs_inquiries`
     config.abort_unanswered = true;
     config.unchecked = vec![Property::NothingHeldAfterAcknowledgement];
     let v = caught(
@@ -139,6 +152,27 @@ fn wrong_rule_timeout_votes_commit_is_caught() {
         WrongRule::TimeoutVotesCommit,
         Property::Agreement,
     );
+}
+
+/// Without the log record before the prepares, the in-flight registry must answer inquiries:
+/// a coordinator that answered from the log alone would tell an early inquirer "404, abort"
+/// and then commit the others.
+#[test]
+fn wrong_rule_inquiry_ignores_registry_is_caught() {
+    let v = caught(
+        "inquiry_ignores_registry",
+        Config::new(2, (0, 0), 0),
+        WrongRule::InquiryIgnoresRegistry,
+        Property::Agreement,
+    );
+    assert!(v.trace.iter().any(|l| l.contains("inquiry: Abort")), "{v}");
+    // With the create logged first (the keyed form) the same rule is harmless: the log has it.
+    let config = Config {
+        log_create: true,
+        wrong: Some(WrongRule::InquiryIgnoresRegistry),
+        ..Config::new(2, (0, 0), 0)
+    };
+    run("inquiry_ignores_registry, keyed create", config).unwrap_or_else(|v| panic!("{v}"));
 }
 
 #[test]
@@ -176,13 +210,21 @@ fn dropping_dead_messages_is_a_bisimulation() {
 /// The model is not vacuous: it reaches the situations the protocol's rules are about.
 #[test]
 fn the_model_reaches_the_interesting_situations() {
-    let sys = System::new(Config::new(2, (1, 1), 1));
-    let mut seen = HashSet::new();
-    for s in reachable(&sys).unwrap() {
-        seen.extend(sys.situations(&s));
-    }
-    for situation in system::SITUATIONS {
-        assert!(seen.contains(situation), "never reached: {situation}");
+    for log_create in [false, true] {
+        let sys = System::new(Config {
+            log_create,
+            ..Config::new(2, (1, 1), 1)
+        });
+        let mut seen = HashSet::new();
+        for s in reachable(&sys).unwrap() {
+            seen.extend(sys.situations(&s));
+        }
+        for situation in system::SITUATIONS {
+            assert!(
+                seen.contains(situation),
+                "never reached (log_create {log_create}): {situation}"
+            );
+        }
     }
 }
 
@@ -221,6 +263,7 @@ fn symmetry_reduction_loses_no_state() {
 fn regression_unanswered_prepare_is_sent_the_abort() {
     let mut config = Config::new(2, (1, 1), 1);
     config.inquiries = false;
+    config.log_create = true; // see `presumed_abort_of_an_unlogged_create_needs_inquiries`
     run(
         "2 participants, no inquiries (product rule)",
         config.clone(),
@@ -231,6 +274,26 @@ fn regression_unanswered_prepare_is_sent_the_abort() {
     let v = run("2 participants, no inquiries, old rule", config).unwrap_err();
     assert_eq!(v.property, Property::EventuallyFinal, "{v}");
     assert!(v.trace.iter().any(|l| l.contains("times out")), "{v}");
+}
+
+/// The price of not logging a one-shot commit before its prepares: after a coordinator crash
+/// before the decision there is no record to recover, so nobody sends the participants an
+/// abort; they learn it by asking (rule 4 of docs/protocol.md, which every participant keeps:
+/// the SDK's resolver and the Python and Node examples do). Without inquiries a participant
+/// that prepared holds for good, which is why the rule is a must.
+#[test]
+fn presumed_abort_of_an_unlogged_create_needs_inquiries() {
+    let mut config = Config::new(2, (1, 0), 0);
+    config.inquiries = false;
+    let v = run("unlogged create, no inquiries", config.clone()).unwrap_err();
+    assert_eq!(v.property, Property::EventuallyFinal, "{v}");
+    assert!(
+        v.trace.iter().any(|l| l.contains("coordinator CRASHES")),
+        "{v}"
+    );
+    // Logged before the prepares, recovery aborts it without help.
+    config.log_create = true;
+    run("logged create, no inquiries", config).unwrap_or_else(|v| panic!("{v}"));
 }
 
 /// Other bounds, for exploring by hand: `TWOPC_MODEL=participants,coordinator crashes,

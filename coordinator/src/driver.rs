@@ -127,7 +127,8 @@ impl<L: DecisionLog> Driver<L> {
         }
     }
 
-    /// Writes `next` over `prev` (compare-and-set) and tells followers.
+    /// Writes `next` over `prev` (compare-and-set; an insert when `prev` is not logged yet) and
+    /// tells followers. Someone else's write first is a [`LogError::Conflict`] either way.
     pub(crate) async fn persist(
         &self,
         claim: Option<&Claim>,
@@ -135,7 +136,21 @@ impl<L: DecisionLog> Driver<L> {
         mut next: TxRecord,
     ) -> Result<TxRecord, DriveError> {
         next.version = prev.version + 1;
-        self.log.update(&next).await?;
+        if prev.is_logged() {
+            self.log.update(&next).await?;
+        } else {
+            match self.log.create(&next, None).await {
+                Ok(_) => {}
+                Err(LogError::Duplicate(id)) => {
+                    return Err(LogError::Conflict {
+                        id,
+                        expected: prev.version,
+                    }
+                    .into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         if let Some(claim) = claim {
             claim.publish(&next);
         }
@@ -251,7 +266,48 @@ impl<L: DecisionLog> Driver<L> {
                 info!(state = %fresh.state, "decision raced; following the log");
                 self.advance(Some(claim), fresh, Event::Recovered).await
             }
+            Err(e) if !record.is_logged() => {
+                error!(error = %e, "the decision could not be logged; logging an abort instead");
+                // Tells a waiting client now (the record stays unlogged: see `await_outcome`).
+                claim.publish(&TxRecord {
+                    reason: Some(format!("the decision could not be logged: {e}")),
+                    ..record.clone()
+                });
+                self.log_abort_until_written(claim, record).await
+            }
             Err(e) => Err(e),
+        }
+    }
+
+    /// After a failed first write of a record: maybe nothing was written, maybe the write
+    /// landed after all (an ambiguous commit). Until the log tells which, the claim keeps the
+    /// transaction `preparing` for anyone who asks (a missing record would mean abort to them);
+    /// then an abort is logged, or the record that landed is followed.
+    async fn log_abort_until_written(
+        &self,
+        claim: &Claim,
+        record: TxRecord,
+    ) -> Result<(TxRecord, Vec<Action>), DriveError> {
+        let mut delay = RETRY_BASE;
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RETRY_MAX_DELAY);
+            let event = Event::AbortRequested {
+                reason: "the decision could not be logged".into(),
+            };
+            let t = machine::apply(&record, event, now_millis())?;
+            match self.persist(Some(claim), &record, t.record).await {
+                Ok(saved) => {
+                    info!(state = %saved.state, "abort logged after a failed decision write");
+                    return Ok((saved, t.actions));
+                }
+                Err(DriveError::Log(LogError::Conflict { .. })) => {
+                    let fresh = self.reload(record.id).await?;
+                    info!(state = %fresh.state, "the failed write had landed; following the log");
+                    return self.advance(Some(claim), fresh, Event::Recovered).await;
+                }
+                Err(e) => warn!(error = %e, "decision log still failing; retrying the abort"),
+            }
         }
     }
 
@@ -299,6 +355,15 @@ impl<L: DecisionLog> Driver<L> {
         }
         if current == record {
             return Ok(record);
+        }
+        if current.state.is_final() {
+            // Every participant has the outcome: a waiting client may hear it now, before the
+            // completion write is on disk. That write only records acknowledgements; were it
+            // lost, recovery would deliver the (idempotent) commits or aborts again.
+            claim.publish(&TxRecord {
+                version: record.version + 1,
+                ..current.clone()
+            });
         }
         match self.persist(Some(claim), &record, current).await {
             Ok(saved) => {

@@ -13,7 +13,8 @@ use twopc::wire::TransactionId;
 /// The registry of claimed transactions.
 #[derive(Debug, Clone, Default)]
 pub struct Inflight {
-    /// One watch per claimed transaction, holding its latest persisted record.
+    /// One watch per claimed transaction, holding its latest persisted record (or its
+    /// completion while that is being written).
     map: Arc<Mutex<HashMap<TransactionId, watch::Sender<TxRecord>>>>,
 }
 
@@ -47,6 +48,15 @@ impl Inflight {
         map.get(&id).map(watch::Sender::subscribe)
     }
 
+    /// The records of claimed transactions that are not in the log yet.
+    pub fn unlogged(&self) -> Vec<TxRecord> {
+        let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.values()
+            .map(|w| w.borrow().clone())
+            .filter(|r| !r.is_logged())
+            .collect()
+    }
+
     /// Whether a driver in this process owns the transaction.
     pub fn is_claimed(&self, id: TransactionId) -> bool {
         let map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
@@ -73,7 +83,7 @@ impl Claim {
         self.id
     }
 
-    /// Tells the followers about a newly persisted record.
+    /// Tells the followers about a newly persisted record (or a completion being persisted).
     pub fn publish(&self, record: &TxRecord) {
         self.sender.send_replace(record.clone());
     }

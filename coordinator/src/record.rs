@@ -75,9 +75,15 @@ pub struct TxRecord {
     pub completed_at: Option<Millis>,
     /// Participants in enlistment order.
     pub participants: Vec<ParticipantRecord>,
-    /// Bumped by every write; writes are compare-and-set on it.
+    /// Bumped by every write; writes are compare-and-set on it. [`UNLOGGED`] until the
+    /// record is first written.
     pub version: i64,
 }
+
+/// The version of a record that is not in the log yet: a one-shot commit's record before its
+/// decision (presumed abort needs nothing logged before the decision). Persisting it inserts
+/// the record at version 0.
+pub const UNLOGGED: i64 = -1;
 
 impl TxRecord {
     /// A new active transaction with no participants.
@@ -96,6 +102,11 @@ impl TxRecord {
             participants: Vec::new(),
             version: 0,
         }
+    }
+
+    /// Whether the record has been written to the log (see [`UNLOGGED`]).
+    pub fn is_logged(&self) -> bool {
+        self.version != UNLOGGED
     }
 
     /// The participant with this name.

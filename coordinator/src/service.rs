@@ -6,7 +6,7 @@ use crate::driver::{DriveError, Driver};
 use crate::inflight::{Claim, Inflight};
 use crate::log::{Created, DecisionLog, IdempotencyKey, LogError};
 use crate::machine::{self, Action, Event, TransitionError};
-use crate::record::{TxRecord, now_millis};
+use crate::record::{TxRecord, UNLOGGED, now_millis};
 use crate::validate::{self, InvalidInput};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -123,12 +123,31 @@ impl<L: DecisionLog> Coordinator<L> {
         record.participants = participants;
         let mut actions = Vec::new();
         if commit {
-            // Logged straight as preparing: one write fewer than create-then-commit.
             let t = machine::apply(&record, Event::CommitRequested, now)
                 .map_err(ServiceError::State)?;
             record = t.record;
             record.version = 0;
             actions = t.actions;
+            if key.is_none() {
+                // Presumed abort: nothing needs to be logged before the decision, which the
+                // driver inserts. Until then the record lives in the in-flight registry, which
+                // `get` (and so a participant's inquiry) consults; after a crash there is no
+                // record, which means abort. With an idempotency key the record is logged
+                // first, so that a retry after a crash finds the key.
+                record.version = UNLOGGED;
+                let Some(claim) = self.inflight.claim(&record) else {
+                    return Err(ServiceError::State(TransitionError::Invalid {
+                        state: record.state,
+                        event: "create",
+                    }));
+                };
+                self.spawn_drive(claim, record.clone(), actions);
+                let record = self.await_outcome(record).await?;
+                return Ok(CreateOutcome {
+                    record,
+                    created: true,
+                });
+            }
         }
         // Claimed before it is logged, so recovery never mistakes it for an orphan.
         let claim = self.inflight.claim(&record);
@@ -246,18 +265,40 @@ impl<L: DecisionLog> Coordinator<L> {
         }
     }
 
-    /// The transaction with this id.
+    /// The transaction with this id: as logged, or as a driver here knows it while its record
+    /// is not logged yet (a one-shot commit before its decision) or its completion is being
+    /// written.
     pub async fn get(&self, id: TransactionId) -> Result<TxRecord, ServiceError> {
-        self.log().get(id).await?.ok_or(ServiceError::NotFound(id))
+        // The registry is read first: a record that leaves it has been logged by then.
+        let driving = self.inflight.subscribe(id).map(|rx| rx.borrow().clone());
+        match (self.log().get(id).await?, driving) {
+            (Some(logged), Some(ahead)) if ahead.version > logged.version => Ok(ahead),
+            (Some(logged), _) => Ok(logged),
+            (None, Some(unlogged)) if !unlogged.is_logged() => Ok(unlogged),
+            (None, _) => Err(ServiceError::NotFound(id)),
+        }
     }
 
-    /// Transactions newest first, optionally in one state.
+    /// Transactions newest first, optionally in one state: the logged ones and those a driver
+    /// here holds before their first write.
     pub async fn list(
         &self,
         state: Option<TransactionState>,
         limit: u32,
     ) -> Result<Vec<TxRecord>, ServiceError> {
-        Ok(self.log().list(state, limit.min(MAX_LIST_LIMIT)).await?)
+        let limit = limit.min(MAX_LIST_LIMIT);
+        // Read before the log: one that is logged meanwhile is dropped below as a duplicate.
+        let mut unlogged = self.inflight.unlogged();
+        unlogged.retain(|r| state.is_none_or(|s| r.state == s));
+        let mut records = self.log().list(state, limit).await?;
+        if unlogged.is_empty() {
+            return Ok(records);
+        }
+        unlogged.retain(|u| !records.iter().any(|r| r.id == u.id));
+        records.extend(unlogged);
+        records.sort_by_key(|r| std::cmp::Reverse((r.created_at, r.id)));
+        records.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(records)
     }
 
     /// Runs a driver for a claimed transaction in its own task.
@@ -300,20 +341,45 @@ impl<L: DecisionLog> Coordinator<L> {
         }
         let id = record.id;
         let Some(mut rx) = self.inflight.subscribe(id) else {
-            return self.get(id).await;
+            return self.logged_outcome(&record).await;
         };
         let until_deadline = u64::try_from(record.deadline - now_millis()).unwrap_or(0);
         // Phase one is bounded by the deadline; the margin covers logging the decision.
         let decide_wait = Duration::from_millis(until_deadline) + Duration::from_secs(5);
-        let _ = tokio::time::timeout(decide_wait, rx.wait_for(|r| r.decision.is_some())).await;
+        // An unlogged record with a reason is a driver that could not log the decision.
+        let decided_or_failed =
+            |r: &TxRecord| r.decision.is_some() || !r.is_logged() && r.reason.is_some();
+        let _ = tokio::time::timeout(decide_wait, rx.wait_for(decided_or_failed)).await;
+        let latest = rx.borrow().clone();
+        if !latest.is_logged() {
+            if rx.has_changed().is_err() {
+                // The driver stopped before its record was logged.
+                return self.logged_outcome(&record).await;
+            }
+            if latest.reason.is_some() {
+                return Err(ServiceError::Log(LogError::DecisionNotLogged(id)));
+            }
+        }
         let _ = tokio::time::timeout(self.ack_wait, rx.wait_for(|r| r.state.is_final())).await;
-        // The watch holds the driver's last *persisted* record (it publishes only after a
-        // write succeeded), so it is what the log says without reading it again.
+        // The watch holds the driver's last persisted record (it publishes after a write
+        // succeeded, or as its completion is written), so it needs no read of the log.
         let latest = rx.borrow().clone();
         if latest.version >= record.version {
             Ok(latest)
         } else {
             self.get(id).await
+        }
+    }
+
+    /// The transaction as the log has it, once no driver here works on it. A one-shot commit
+    /// that is not in the log lost its decision write (the log failed).
+    async fn logged_outcome(&self, record: &TxRecord) -> Result<TxRecord, ServiceError> {
+        match self.log().get(record.id).await? {
+            Some(logged) => Ok(logged),
+            None if !record.is_logged() => {
+                Err(ServiceError::Log(LogError::DecisionNotLogged(record.id)))
+            }
+            None => Err(ServiceError::NotFound(record.id)),
         }
     }
 }

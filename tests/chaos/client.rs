@@ -1,6 +1,10 @@
 //! The transfer clients: each one loops making transfers (one global transaction, `commit:
-//! true`, debit at one bank and credit at another) with an `Idempotency-Key`, retrying with the
-//! same key while the coordinator is down or answers 5xx.
+//! true`, debit at one bank and credit at another). Even-numbered clients send an
+//! `Idempotency-Key` and retry with the same key while the coordinator is down or answers 5xx
+//! (their transactions are logged before the prepares); odd-numbered ones send none, so their
+//! transactions are first logged with the decision, and a failed call leaves the outcome
+//! unknown to them (a retry would be a second transfer): they give up on it, and the final
+//! check finds its outcome in the log and the banks.
 
 use rand::Rng as _;
 use rand::rngs::StdRng;
@@ -41,8 +45,10 @@ pub struct ClientStats {
     pub aborted: AtomicU64,
     /// Answered but not decided yet (`preparing`, after a coordinator restart).
     pub undecided: AtomicU64,
-    /// Never answered within the bound.
+    /// Never answered within the bound (keyed), or a failed call (no key).
     pub gave_up: AtomicU64,
+    /// Transfers sent without an `Idempotency-Key`.
+    pub unkeyed: AtomicU64,
     /// Calls that failed and were repeated with the same key: no connection, reset, timeout.
     pub transport_errors: AtomicU64,
     /// Calls answered 5xx and repeated with the same key.
@@ -142,7 +148,11 @@ pub async fn worker(
             ]
         });
         clients.stats.tried.fetch_add(1, Ordering::Relaxed);
-        let outcome = transfer(&clients, &tag, &body).await;
+        let keyed = worker.is_multiple_of(2);
+        if !keyed {
+            clients.stats.unkeyed.fetch_add(1, Ordering::Relaxed);
+        }
+        let outcome = transfer(&clients, &tag, &body, keyed).await;
         let counter = match outcome.state {
             Some(s) if s.decision() == Some(twopc::wire::Decision::Commit) => {
                 &clients.stats.committed
@@ -160,8 +170,8 @@ pub async fn worker(
     }
 }
 
-/// One transfer: the create call, repeated with the same key until it is answered.
-async fn transfer(clients: &Clients, tag: &str, body: &Value) -> Outcome {
+/// One transfer: the create call; with a key, repeated with the same key until it is answered.
+async fn transfer(clients: &Clients, tag: &str, body: &Value, keyed: bool) -> Outcome {
     let url = format!("{}/v1/transactions", clients.coordinator);
     let since = Instant::now();
     let mut pause = Duration::from_millis(50);
@@ -172,6 +182,9 @@ async fn transfer(clients: &Clients, tag: &str, body: &Value) -> Outcome {
         state: None,
     };
     loop {
+        if !first && !keyed {
+            return unanswered;
+        }
         if !first {
             clients.stats.retries.fetch_add(1, Ordering::Relaxed);
             if since.elapsed() > GIVE_UP_AFTER {
@@ -181,13 +194,11 @@ async fn transfer(clients: &Clients, tag: &str, body: &Value) -> Outcome {
             pause = (pause * 2).min(Duration::from_secs(1));
         }
         first = false;
-        let sent = clients
-            .http
-            .post(&url)
-            .header("Idempotency-Key", tag)
-            .json(body)
-            .send()
-            .await;
+        let mut request = clients.http.post(&url).json(body);
+        if keyed {
+            request = request.header("Idempotency-Key", tag);
+        }
+        let sent = request.send().await;
         let response = match sent {
             Ok(r) => r,
             Err(_) => {

@@ -565,11 +565,12 @@ async fn run(opts: Options) -> anyhow::Result<bool> {
         load(&stats.gave_up)
     );
     println!(
-        "chaos: client errors: {} calls failed and were repeated with the same Idempotency-Key \
-         ({} transport errors, {} HTTP 5xx)",
-        load(&stats.retries),
+        "chaos: client errors: {} transport errors, {} HTTP 5xx; {} calls repeated with the same \
+         Idempotency-Key; {} transfers sent without a key (first logged with the decision)",
         load(&stats.transport_errors),
-        load(&stats.server_errors)
+        load(&stats.server_errors),
+        load(&stats.retries),
+        load(&stats.unkeyed)
     );
     let mut kills_by_node = Vec::new();
     let mut failed_starts = 0;
@@ -652,7 +653,8 @@ async fn run(opts: Options) -> anyhow::Result<bool> {
         .clone();
     let summary = check::check(&http, &coordinator_url, &log_url, &dbs, &outcomes, &mut v).await?;
     println!(
-        "chaos: coordinator log: {} transactions, {} committed, {} aborted ({})",
+        "chaos: coordinator log: {} transactions, {} committed, {} aborted ({}); {} aborted \
+         participant rows of transactions never logged (presumed abort)",
         summary.total,
         summary.committed,
         summary.aborted,
@@ -661,7 +663,8 @@ async fn run(opts: Options) -> anyhow::Result<bool> {
             .iter()
             .map(|(k, n)| format!("{k} {n}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        summary.unlogged_aborted_rows
     );
     println!(
         "chaos: money: {} at the start, {} at the end, over {} accounts; every transaction \

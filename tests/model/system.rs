@@ -5,7 +5,10 @@
 //! that loses, duplicates and reorders.
 //!
 //! What is durable and what is not:
-//! - coordinator: the log record is durable; the driver's in-memory record (votes folded in
+//! - coordinator: the log record is durable; a one-shot commit without an idempotency key is
+//!   first logged with its decision (presumed abort), until then only the in-flight registry
+//!   knows it (`Config::log_create` switches to the keyed form, logged before the prepares);
+//!   the driver's in-memory record (votes folded in
 //!   before the decision is logged, acknowledgements folded in before completion is logged) is
 //!   lost in a crash, as are the responses on its open connections;
 //! - participant: its state row is durable and every call is one local transaction, so a crash
@@ -46,6 +49,9 @@ pub enum WrongRule {
     TimeoutVotesCommit,
     /// Phase two sends each commit or abort once and waits, instead of retrying.
     NoPhaseTwoRetry,
+    /// The coordinator answers inquiries from the log only: about a transaction it is driving
+    /// but has not logged yet it answers 404 (presumed abort) instead of "still preparing".
+    InquiryIgnoresRegistry,
 }
 
 /// What is explored.
@@ -57,6 +63,9 @@ pub struct Config {
     pub read_only: bool,
     /// Whether a client may ask to abort (once) while the transaction runs.
     pub client_abort: bool,
+    /// Whether the one-shot create is logged before the prepares (a request with an
+    /// `Idempotency-Key`), or first logged with its decision (without one, the default).
+    pub log_create: bool,
     /// Whether prepared participants ask the coordinator (the SDK's in-doubt resolver).
     pub inquiries: bool,
     /// The product's rule since the model found the gap (docs/reliability.md): a prepare call
@@ -89,6 +98,7 @@ impl Config {
             participants,
             read_only: true,
             client_abort: true,
+            log_create: false,
             inquiries: true,
             abort_unanswered: true,
             coordinator_crashes: crashes.0,
@@ -281,8 +291,10 @@ fn messages(net: u64) -> impl Iterator<Item = Msg> {
 /// One state of the whole system.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
-    /// The coordinator's durable log record (none before the transaction is created).
+    /// The coordinator's durable log record (none before it is first logged).
     log: Option<Rec>,
+    /// Whether the client created the transaction (it does so once).
+    created: bool,
     coordinator_up: bool,
     driver: Driver,
     /// The participants' durable rows.
@@ -346,7 +358,8 @@ impl std::hash::Hash for State {
             | u64::from(self.client_aborted) << 1
             | u64::from(self.coordinator_crashes) << 2
             | u64::from(self.participant_crashes) << 6
-            | u64::from(self.losses) << 10;
+            | u64::from(self.losses) << 10
+            | u64::from(self.created) << 14;
         for p in 0..MAX_PARTICIPANTS {
             let row = self.rows[p].map_or(0, |r| {
                 1 + match r.state {
@@ -371,7 +384,8 @@ impl std::hash::Hash for State {
 /// One transition, for traces.
 #[derive(Debug, Clone, Copy)]
 pub enum Label {
-    /// A client creates the transaction with `"commit": true`: logged as preparing.
+    /// A client creates the transaction with `"commit": true` (logged as preparing only with
+    /// `Config::log_create`).
     Create,
     SendPrepare(u8),
     /// The prepare call ends without a vote (deadline, transport error): an abort vote.
@@ -401,7 +415,7 @@ impl fmt::Display for Label {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let live = |l: &bool| if *l { "" } else { " (sent before a crash)" };
         match self {
-            Self::Create => write!(f, "coordinator: create + commit, logged preparing"),
+            Self::Create => write!(f, "coordinator: create + commit"),
             Self::SendPrepare(p) => write!(f, "coordinator: sends prepare to p{p}"),
             Self::Timeout(p) => write!(f, "coordinator: prepare of p{p} times out"),
             Self::DeliverVote(p, v) => write!(f, "coordinator: receives p{p}'s vote {v:?}"),
@@ -621,7 +635,10 @@ impl System {
         outcome: Option<(Decision, u8)>,
     ) -> Result<State, String> {
         let mut t = s.clone();
-        if s.log == Some(self.created) {
+        // The driver's write is a compare-and-set on the logged record, or an insert when the
+        // record was not logged; either fails if someone (a client's abort) wrote first.
+        let base = self.config.log_create.then_some(self.created);
+        if s.log == base {
             t.log = Some(current);
             t.driver = Self::driver_for(current, outcome);
         } else {
@@ -679,9 +696,12 @@ impl System {
             out.push((Label::CoordinatorRestart, t));
             return Ok(());
         }
-        if s.log.is_none() {
+        if !s.created {
             let mut t = s.clone();
-            t.log = Some(self.created);
+            t.created = true;
+            if self.config.log_create {
+                t.log = Some(self.created);
+            }
             t.driver = Driver::Preparing {
                 current: self.created,
                 sent: 0,
@@ -786,14 +806,24 @@ impl System {
                 }
             }
         }
-        // GET /v1/transactions/{id} answers from the log.
+        // GET /v1/transactions/{id} answers from the log, or, for a record not logged yet, from
+        // the in-flight registry (`preparing`: no answer, ask again); with neither, 404.
+        let registry = match s.driver {
+            Driver::Preparing { .. } | Driver::Unlogged { .. } if s.log.is_none() => {
+                Some(self.created)
+            }
+            _ => None,
+        };
         for p in self.each(self.all()) {
             if !has(s.net, Msg::Inquiry { p }) {
                 continue;
             }
-            let answer = match s.log {
-                None => Some(Decision::Abort),
-                Some(log) => log.state.decision(),
+            let answer = match (s.log, registry) {
+                (Some(log), _) => log.state.decision(),
+                (None, Some(_)) if self.config.wrong != Some(WrongRule::InquiryIgnoresRegistry) => {
+                    None
+                }
+                (None, _) => Some(Decision::Abort),
             };
             if let Some(decision) = answer {
                 let mut t = s.clone();
@@ -805,7 +835,7 @@ impl System {
         // abort (already committing) changes nothing.
         if self.config.client_abort
             && !s.client_aborted
-            && let Some(log) = s.log
+            && let Some(log) = s.log.or(registry)
             && let Ok(a) = self.apply(&log, Ev::AbortRequested)
             && a.changed
         {
@@ -1098,10 +1128,18 @@ impl System {
                 }),
             s.coordinator_crashes > 0
                 && !s.client_aborted
-                && s.log.is_some_and(|l| {
-                    l.decision == Some(Decision::Abort)
-                        && l.parts[..self.n].iter().all(|p| p.vote.is_none())
-                }),
+                && match s.log {
+                    Some(l) => {
+                        l.decision == Some(Decision::Abort)
+                            && l.parts[..self.n].iter().all(|p| p.vote.is_none())
+                    }
+                    // Never logged: a participant that prepared learned the abort from a 404.
+                    None => rows.iter().any(|r| {
+                        r.is_some_and(|r| {
+                            r.state == LocalState::Aborted && r.vote == Some(VoteKind::Commit)
+                        })
+                    }),
+                },
             !s.coordinator_up
                 && log_state == Some(TransactionState::Committing)
                 && row_is(LocalState::Prepared),
@@ -1137,6 +1175,7 @@ impl Model for System {
     fn init(&self) -> State {
         State {
             log: None,
+            created: false,
             coordinator_up: true,
             driver: Driver::Idle,
             rows: [None; MAX_PARTICIPANTS],
@@ -1232,7 +1271,13 @@ impl Model for System {
     }
 
     fn is_final(&self, s: &State) -> bool {
-        s.log.is_some_and(|l| l.state.is_final())
+        // Final at the coordinator: logged as finished, or never logged and no longer driven
+        // (presumed abort).
+        let coordinator = match s.log {
+            Some(l) => l.state.is_final(),
+            None => s.created && s.driver == Driver::Idle,
+        };
+        coordinator
             && (0..self.n).all(|p| match s.rows[p] {
                 Some(r) => r.state != LocalState::Prepared,
                 // Never heard of it: final only if no prepare can still arrive.
@@ -1393,6 +1438,7 @@ impl fmt::Display for State {
             })
             .map_or(2, |p| p + 1);
         match &self.log {
+            None if self.created => write!(f, "log: none (created)")?,
             None => write!(f, "log: none")?,
             Some(r) => write!(f, "log: {}", rec_text(r, n))?,
         }

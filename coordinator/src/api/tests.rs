@@ -517,3 +517,150 @@ async fn abort_while_preparing_answers_without_waiting_for_slow_prepares() {
     assert_eq!(after["state"], "aborted", "{after}");
     assert_eq!(aborts.load(Ordering::SeqCst), 1);
 }
+
+/// A participant whose prepare takes `delay` and votes commit; it keeps the transaction ids
+/// it was asked to prepare and counts commits and aborts.
+#[derive(Default)]
+struct Slow {
+    ids: std::sync::Mutex<Vec<String>>,
+    commits: AtomicUsize,
+    aborts: AtomicUsize,
+}
+
+async fn slow_participant(delay: Duration) -> (String, Arc<Slow>) {
+    let seen = Arc::new(Slow::default());
+    let (p, c, a) = (seen.clone(), seen.clone(), seen.clone());
+    let app = Router::new()
+        .route(
+            "/prepare",
+            post(move |Json(body): Json<Value>| async move {
+                let id = body["transaction_id"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                p.ids.lock().unwrap().push(id);
+                tokio::time::sleep(delay).await;
+                Json(json!({"vote": "commit"}))
+            }),
+        )
+        .route(
+            "/commit",
+            post(move || async move {
+                c.commits.fetch_add(1, Ordering::SeqCst);
+                Json(json!({"state": "committed"}))
+            }),
+        )
+        .route(
+            "/abort",
+            post(move || async move {
+                a.aborts.fetch_add(1, Ordering::SeqCst);
+                Json(json!({"state": "aborted"}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, seen)
+}
+
+/// Starts a one-shot commit (no idempotency key) with `url` as its only participant and waits
+/// until the participant holds its prepare; returns the call and the transaction id.
+async fn one_shot_in_prepare(
+    f: &Fixture,
+    url: &str,
+    seen: &Slow,
+) -> (tokio::task::JoinHandle<(StatusCode, Value)>, String) {
+    let body = json!({"commit": true, "participants": [{"name": "slow", "url": url}]});
+    let app = f.app.clone();
+    let call = tokio::spawn(async move {
+        call(&app, "POST", "/v1/transactions", Some(&body.to_string())).await
+    });
+    for _ in 0..200 {
+        if let Some(id) = seen.ids.lock().unwrap().first() {
+            return (call, id.clone());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the participant was never asked to prepare");
+}
+
+/// Presumed abort: a one-shot commit is first logged with its decision. Before that the
+/// in-flight registry answers for it (a participant asking gets `preparing`, never a 404
+/// that would mean abort); afterwards the log does.
+#[tokio::test]
+async fn a_one_shot_commit_is_first_logged_with_its_decision() {
+    let f = fixture().await;
+    let (url, seen) = slow_participant(Duration::from_millis(600)).await;
+    let (call_handle, id) = one_shot_in_prepare(&f, &url, &seen).await;
+
+    assert_eq!(
+        logged(&f.log).await,
+        0,
+        "nothing is logged before the decision"
+    );
+    let (status, during) = call(&f.app, "GET", &format!("/v1/transactions/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{during}");
+    assert_eq!(during["state"], "preparing", "{during}");
+
+    let (status, done) = call_handle.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{done}");
+    assert_eq!(done["state"], "committed", "{done}");
+    assert_eq!(seen.commits.load(Ordering::SeqCst), 1);
+    let (_, after) = call(&f.app, "GET", &format!("/v1/transactions/{id}"), None).await;
+    assert_eq!(after["state"], "committed", "{after}");
+    assert_eq!(logged(&f.log).await, 1);
+}
+
+/// A client's abort of a one-shot commit that is not logged yet logs the abort; the driver's
+/// decision then loses to it and follows the log: aborted, and the participant is sent the
+/// abort.
+#[tokio::test]
+async fn an_abort_before_the_first_log_write_wins() {
+    let f = fixture().await;
+    let (url, seen) = slow_participant(Duration::from_millis(600)).await;
+    let (call_handle, id) = one_shot_in_prepare(&f, &url, &seen).await;
+
+    let (status, aborted) = call(
+        &f.app,
+        "POST",
+        &format!("/v1/transactions/{id}/abort"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{aborted}");
+    assert_eq!(aborted["state"], "aborting", "{aborted}");
+    let (_, done) = call_handle.await.unwrap();
+    assert_eq!(done["state"], "aborted", "{done}");
+    assert_eq!(done["reason"], "aborted by client", "{done}");
+    assert_eq!(seen.aborts.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.commits.load(Ordering::SeqCst), 0);
+}
+
+/// The log fails when the decision is written: the client hears 503 at once (not after the
+/// deadline), and anyone asking hears "ask later" (the driver goes on trying to log an abort),
+/// never a 404 that a participant would take for an abort.
+#[tokio::test]
+async fn a_failed_decision_write_answers_503_and_keeps_the_transaction_in_doubt() {
+    let f = fixture().await;
+    let (url, seen) = slow_participant(Duration::from_millis(400)).await;
+    let (call_handle, id) = one_shot_in_prepare(&f, &url, &seen).await;
+    match &*f.log {
+        AnyLog::Sqlite(log) => log.close().await,
+        AnyLog::Postgres(_) => unreachable!("the fixture uses SQLite"),
+    }
+    let started = std::time::Instant::now();
+    let (status, body) = call_handle.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_error_shape(&body, "log_unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // With its log down the coordinator cannot say more than "ask later": a 503, not the 404
+    // that means "no record, abort".
+    let (status, during) = call(&f.app, "GET", &format!("/v1/transactions/{id}"), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{during}");
+    assert_error_shape(&during, "log_unavailable");
+    assert_eq!(seen.commits.load(Ordering::SeqCst), 0);
+}

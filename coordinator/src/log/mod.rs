@@ -65,6 +65,13 @@ pub enum LogError {
     /// A group-commit batch failed as a whole; nothing in it was written.
     #[error("decision log write failed: {0}")]
     BatchFailed(String),
+    /// A one-shot commit's decision could not be written: unless the write landed after all,
+    /// the transaction aborts (presumed abort).
+    #[error(
+        "the decision of transaction {0} could not be logged; it aborts unless the write landed \
+         after all: ask GET /v1/transactions/{0} later"
+    )]
+    DecisionNotLogged(TransactionId),
     /// The log's writer task is gone (the log was closed).
     #[error("decision log is closed")]
     WriterGone,
