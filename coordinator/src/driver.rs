@@ -5,6 +5,7 @@
 use crate::failpoint::{self, names as fp};
 use crate::inflight::Claim;
 use crate::log::{DecisionLog, LogError};
+use crate::machine::OnePhaseAnswer;
 use crate::machine::{self, Action, Event, TransitionError};
 use crate::record::{TxRecord, now_millis};
 use reqwest::StatusCode;
@@ -13,7 +14,9 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_retry::strategy::{ExponentialBackoff, jitter};
 use tracing::{Instrument, debug, error, info, info_span, warn};
-use twopc::wire::{Decision, ErrorBody, OutcomeRequest, PrepareRequest, Vote};
+use twopc::wire::{
+    Decision, ErrorBody, ONE_PHASE_PATH, OnePhaseOutcome, OutcomeRequest, PrepareRequest, Vote,
+};
 
 /// First retry delay of phase two: short, because a lost packet on loopback or a restarting
 /// participant is the common case.
@@ -83,6 +86,7 @@ impl<L: DecisionLog> Driver<L> {
             while let Some(action) = actions.pop() {
                 let (next, more) = match action {
                     Action::Prepare(names) => self.prepare_phase(claim, record, names).await?,
+                    Action::OnePhase(name) => self.one_phase(claim, record, name).await?,
                     Action::Commit(names) => {
                         failpoint::hit(fp::AFTER_COMMIT_DECISION).await;
                         let r = self
@@ -311,6 +315,71 @@ impl<L: DecisionLog> Driver<L> {
         }
     }
 
+    /// Asks the only participant to commit in one phase, repeating the (idempotent) call until
+    /// it answers; records its outcome, or falls back to the two phases if it has no such call.
+    async fn one_phase(
+        &self,
+        claim: &Claim,
+        record: TxRecord,
+        name: String,
+    ) -> Result<(TxRecord, Vec<Action>), DriveError> {
+        let Some(p) = record.participant(&name) else {
+            return Ok((record, Vec::new()));
+        };
+        let url = format!("{}/{ONE_PHASE_PATH}", p.url);
+        let mut body = PrepareRequest {
+            transaction_id: record.id,
+            participant: p.name.clone(),
+            payload: p.payload.clone(),
+            coordinator: self.settings.advertise_url.clone(),
+            deadline_ms: 0,
+        };
+        let mut delays = ExponentialBackoff::from_millis(2)
+            .factor(u64::try_from(RETRY_BASE.as_millis() / 2).unwrap_or(25))
+            .max_delay(RETRY_MAX_DELAY)
+            .map(jitter);
+        let mut attempt: u32 = 0;
+        let answer = loop {
+            attempt += 1;
+            // Each call may take until the deadline, and at least the usual bound of a call.
+            let remaining = u64::try_from(record.deadline - now_millis()).unwrap_or(0);
+            let budget = Duration::from_millis(remaining).max(PHASE_TWO_CALL_TIMEOUT);
+            body.deadline_ms = budget.as_millis().try_into().unwrap_or(u64::MAX);
+            match one_phase_call(&self.http, &url, &body, budget).await {
+                Ok(answer) => break answer,
+                Err(why) => {
+                    if attempt == 1 || attempt.is_power_of_two() {
+                        warn!(attempt, why, "one-phase commit not answered yet; retrying");
+                    }
+                }
+            }
+            tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX_DELAY)).await;
+        };
+        info!(participant = name, answer = ?answer, "one-phase commit answered");
+        let t = machine::apply(
+            &record,
+            Event::OnePhaseAnswered {
+                participant: name,
+                answer,
+            },
+            now_millis(),
+        )?;
+        if t.record.state.is_final() {
+            // The participant has decided and done it: a waiting client may hear it now; were
+            // the write lost, recovery would ask again and get the same answer.
+            claim.publish(&t.record);
+        }
+        match self.persist(Some(claim), &record, t.record).await {
+            Ok(saved) => Ok((saved, t.actions)),
+            Err(DriveError::Log(LogError::Conflict { .. })) => {
+                let fresh = self.reload(record.id).await?;
+                warn!(state = %fresh.state, "one-phase outcome raced; following the log");
+                self.advance(Some(claim), fresh, Event::Recovered).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Sends the decision to `names` concurrently, each retried with backoff until it is
     /// acknowledged; logs the transaction complete once all have acknowledged.
     async fn phase_two(
@@ -416,6 +485,45 @@ async fn prepare_call(
         .json::<Vote>()
         .await
         .map_err(|e| format!("prepare answer was not a vote: {}", error_chain(&e)))
+}
+
+/// One one-phase commit call: the participant's answer, or why there is none yet (a timeout, a
+/// transport error, another status, a malformed answer: the outcome is unknown, ask again).
+async fn one_phase_call(
+    http: &reqwest::Client,
+    url: &str,
+    body: &PrepareRequest,
+    budget: Duration,
+) -> Result<OnePhaseAnswer, String> {
+    let response = http
+        .post(url)
+        .timeout(budget)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| format!("one-phase call failed: {}", error_chain(&e)))?;
+    let status = response.status();
+    if matches!(
+        status,
+        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
+    ) {
+        return Ok(OnePhaseAnswer::Unsupported);
+    }
+    if status != StatusCode::OK {
+        let detail = match response.json::<ErrorBody>().await {
+            Ok(b) => format!("{}: {}", b.error.code, b.error.message),
+            Err(_) => "no error detail".to_owned(),
+        };
+        return Err(format!("one-phase commit answered {status} ({detail})"));
+    }
+    match response.json::<OnePhaseOutcome>().await {
+        Ok(OnePhaseOutcome::Committed) => Ok(OnePhaseAnswer::Committed),
+        Ok(OnePhaseOutcome::Aborted { reason }) => Ok(OnePhaseAnswer::Aborted { reason }),
+        Err(e) => Err(format!(
+            "one-phase answer was not an outcome: {}",
+            error_chain(&e)
+        )),
+    }
 }
 
 /// Sends one commit or abort until the participant answers 200.

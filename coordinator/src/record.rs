@@ -37,6 +37,9 @@ pub struct ParticipantRecord {
     pub vote: Option<VoteKind>,
     /// Its state as the coordinator knows it.
     pub state: ParticipantState,
+    /// Whether it was asked to commit in one phase (the transaction's only participant).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_phase: bool,
 }
 
 impl ParticipantRecord {
@@ -48,6 +51,7 @@ impl ParticipantRecord {
             payload,
             vote: None,
             state: ParticipantState::Pending,
+            one_phase: false,
         }
     }
 }

@@ -128,7 +128,10 @@ impl<L: DecisionLog> Coordinator<L> {
             record = t.record;
             record.version = 0;
             actions = t.actions;
-            if key.is_none() {
+            // A one-phase commit is decided by its participant the moment it arrives, so the
+            // record must be in the log before it is sent.
+            let one_phase = matches!(actions.as_slice(), [Action::OnePhase(_)]);
+            if key.is_none() && !one_phase {
                 // Presumed abort: nothing needs to be logged before the decision, which the
                 // driver inserts. Until then the record lives in the in-flight registry, which
                 // `get` (and so a participant's inquiry) consults; after a crash there is no

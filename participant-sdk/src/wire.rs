@@ -301,6 +301,25 @@ pub struct OutcomeResponse {
     pub state: String,
 }
 
+/// Path (under the participant's base URL) of the optional one-phase commit: the body is a
+/// [`PrepareRequest`], the answer a [`OnePhaseOutcome`]. A participant without it answers 404,
+/// 405 or 501, and the coordinator runs the two phases instead.
+pub const ONE_PHASE_PATH: &str = "commit-one-phase";
+
+/// Answer (200) of `POST {url}/commit-one-phase`: what the participant did with the sole
+/// participant's work, decided by itself in one local transaction; a repeat answers the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum OnePhaseOutcome {
+    /// Done and committed (also when it changed nothing).
+    Committed,
+    /// Refused, or aborted before it arrived; nothing was changed.
+    Aborted {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// The coordinator's error code for an unknown transaction id: the one 404 that means
 /// "no record" (presumed abort) to an in-doubt participant.
 pub const TRANSACTION_NOT_FOUND: &str = "transaction_not_found";

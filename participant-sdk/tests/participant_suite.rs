@@ -21,8 +21,8 @@ use tower::ServiceExt as _;
 use twopc::participant::TOMBSTONE_REASON;
 use twopc::testing::{Server, with_database};
 use twopc::wire::{
-    ErrorBody, OutcomeRequest, OutcomeResponse, ParticipantState, ParticipantView, PrepareRequest,
-    TransactionView, VoteKind,
+    ErrorBody, OnePhaseOutcome, OutcomeRequest, OutcomeResponse, ParticipantState, ParticipantView,
+    PrepareRequest, TransactionView, VoteKind,
 };
 use twopc::{
     Applied, Handler, HandlerError, LocalState, MySqlStore, Participant, ParticipantError,
@@ -503,6 +503,107 @@ where
     assert!(matches!(err, ParticipantError::Conflict { .. }), "{err:?}");
 }
 
+async fn one_phase_commits_in_one_local_transaction<S: Backend>(fx: Fx<S>)
+where
+    TestHandler: Handler<S::Db>,
+{
+    let id = TransactionId::new();
+    let req = prepare_req(id, vote("commit"));
+    assert_eq!(
+        fx.p.commit_one_phase(&req).await.unwrap(),
+        OnePhaseOutcome::Committed
+    );
+    assert_eq!(fx.state(id).await, Some(LocalState::Committed));
+    assert_eq!(
+        (
+            fx.effects(id, "prepare").await,
+            fx.effects(id, "commit").await
+        ),
+        (1, 1)
+    );
+    // A repeat answers the same and runs nothing; a later abort conflicts, a commit is done.
+    assert_eq!(
+        fx.p.commit_one_phase(&req).await.unwrap(),
+        OnePhaseOutcome::Committed
+    );
+    assert_eq!((fx.prepares(), fx.commits(), fx.aborts()), (1, 1, 0));
+    let err = fx.p.abort(&outcome(id)).await.unwrap_err();
+    assert!(matches!(err, ParticipantError::Conflict { .. }), "{err:?}");
+    assert_eq!(
+        fx.p.commit(&outcome(id)).await.unwrap(),
+        Applied::AlreadyDone
+    );
+
+    // Read-only: committed, nothing to run.
+    let ro = TransactionId::new();
+    assert_eq!(
+        fx.p.commit_one_phase(&prepare_req(ro, vote("read_only")))
+            .await
+            .unwrap(),
+        OnePhaseOutcome::Committed
+    );
+    assert_eq!(fx.state(ro).await, Some(LocalState::ReadOnly));
+    assert_eq!(fx.commits(), 1, "no commit handler for a read-only vote");
+}
+
+async fn one_phase_refusal_and_tombstone_abort<S: Backend>(fx: Fx<S>)
+where
+    TestHandler: Handler<S::Db>,
+{
+    // A refusal rolls back what the handler wrote and is repeated.
+    let id = TransactionId::new();
+    let req = prepare_req(id, vote("abort"));
+    let refused = OnePhaseOutcome::Aborted {
+        reason: "test says no".into(),
+    };
+    assert_eq!(fx.p.commit_one_phase(&req).await.unwrap(), refused);
+    assert_eq!(fx.state(id).await, Some(LocalState::Aborted));
+    assert_eq!(fx.effects(id, "prepare").await, 0, "rolled back");
+    assert_eq!(fx.p.commit_one_phase(&req).await.unwrap(), refused);
+    assert_eq!((fx.prepares(), fx.commits()), (1, 0));
+
+    // An abort that came first leaves a tombstone: the late call answers aborted.
+    let late = TransactionId::new();
+    assert_eq!(
+        fx.p.abort(&outcome(late)).await.unwrap(),
+        Applied::Tombstone
+    );
+    assert_eq!(
+        fx.p.commit_one_phase(&prepare_req(late, vote("commit")))
+            .await
+            .unwrap(),
+        OnePhaseOutcome::Aborted {
+            reason: TOMBSTONE_REASON.into()
+        }
+    );
+    assert_eq!(
+        fx.prepares(),
+        1,
+        "a tombstoned transaction never reaches the handler"
+    );
+
+    // A handler error records nothing (the coordinator asks again).
+    let failing = TransactionId::new();
+    let err =
+        fx.p.commit_one_phase(&prepare_req(failing, vote("error")))
+            .await
+            .unwrap_err();
+    assert!(matches!(err, ParticipantError::Handler { .. }), "{err:?}");
+    assert_eq!(fx.state(failing).await, None);
+
+    // Prepared by a two-phase prepare: the one-phase call conflicts and changes nothing.
+    let prepared = TransactionId::new();
+    fx.p.prepare(&prepare_req(prepared, vote("commit")))
+        .await
+        .unwrap();
+    let err =
+        fx.p.commit_one_phase(&prepare_req(prepared, vote("commit")))
+            .await
+            .unwrap_err();
+    assert!(matches!(err, ParticipantError::Conflict { .. }), "{err:?}");
+    assert_eq!(fx.state(prepared).await, Some(LocalState::Prepared));
+}
+
 async fn commit_unknown_is_404<S: Backend>(fx: Fx<S>)
 where
     TestHandler: Handler<S::Db>,
@@ -966,6 +1067,19 @@ where
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(error_code(&body), "outcome_conflict");
 
+    let solo = TransactionId::new();
+    let one_phase = serde_json::to_string(&prepare_req(solo, vote("commit"))).unwrap();
+    let (status, body) = call(&app, "/commit-one-phase", &one_phase).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({ "state": "committed" }));
+    let refused = serde_json::to_string(&prepare_req(TransactionId::new(), vote("abort"))).unwrap();
+    let (status, body) = call(&app, "/commit-one-phase", &refused).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({ "state": "aborted", "reason": "test says no" })
+    );
+
     let never_seen = serde_json::to_string(&outcome(TransactionId::new())).unwrap();
     let (status, body) = call(&app, "/abort", &never_seen).await;
     assert_eq!(status, StatusCode::OK);
@@ -1085,6 +1199,8 @@ suite!(
     read_only,
     repeats_are_idempotent,
     tombstone_then_late_prepare,
+    one_phase_commits_in_one_local_transaction,
+    one_phase_refusal_and_tombstone_abort,
     commit_unknown_is_404,
     commit_after_abort_conflicts,
     abort_after_commit_conflicts,

@@ -61,6 +61,9 @@ impl From<ServiceError> for ApiError {
                 TransitionError::AlreadyCommitted => {
                     Self::new(StatusCode::CONFLICT, "already_committed", message)
                 }
+                TransitionError::Delegated => {
+                    Self::new(StatusCode::CONFLICT, "transaction_delegated", message)
+                }
                 TransitionError::UnknownParticipant(_) | TransitionError::Invalid { .. } => {
                     error!(error = %message, "state machine refused an internal event");
                     Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)

@@ -165,6 +165,7 @@ mod tests {
             [
                 ("POST".to_owned(), "/abort".to_owned()),
                 ("POST".to_owned(), "/commit".to_owned()),
+                ("POST".to_owned(), "/commit-one-phase".to_owned()),
                 ("POST".to_owned(), "/prepare".to_owned()),
             ]
         );

@@ -563,14 +563,17 @@ async fn slow_participant(delay: Duration) -> (String, Arc<Slow>) {
     (url, seen)
 }
 
-/// Starts a one-shot commit (no idempotency key) with `url` as its only participant and waits
-/// until the participant holds its prepare; returns the call and the transaction id.
+/// Starts a one-shot commit (no idempotency key) with the slow participant at `url` and a
+/// scripted one, and waits until the slow one holds its prepare; returns the call and the
+/// transaction id.
 async fn one_shot_in_prepare(
     f: &Fixture,
     url: &str,
     seen: &Slow,
 ) -> (tokio::task::JoinHandle<(StatusCode, Value)>, String) {
-    let body = json!({"commit": true, "participants": [{"name": "slow", "url": url}]});
+    let (other, _) = scripted_participant().await;
+    let body = json!({"commit": true, "participants": [
+        {"name": "slow", "url": url}, {"name": "other", "url": other}]});
     let app = f.app.clone();
     let call = tokio::spawn(async move {
         call(&app, "POST", "/v1/transactions", Some(&body.to_string())).await
@@ -663,4 +666,87 @@ async fn a_failed_decision_write_answers_503_and_keeps_the_transaction_in_doubt(
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{during}");
     assert_error_shape(&during, "log_unavailable");
     assert_eq!(seen.commits.load(Ordering::SeqCst), 0);
+}
+
+/// A participant offering the one-phase commit: `{"vote":"abort"}` in the payload refuses.
+/// Counts one-phase calls and any two-phase call.
+async fn one_phase_participant() -> (String, Arc<Scripted>) {
+    let counts = Arc::new(Scripted::default());
+    let (one, two) = (counts.clone(), counts.clone());
+    let app = Router::new()
+        .route(
+            "/commit-one-phase",
+            post(move |Json(body): Json<Value>| async move {
+                one.commits.fetch_add(1, Ordering::SeqCst);
+                if body["payload"]["vote"] == "abort" {
+                    Json(json!({"state": "aborted", "reason": "scripted refusal"}))
+                } else {
+                    Json(json!({"state": "committed"}))
+                }
+            }),
+        )
+        .route(
+            "/prepare",
+            post(move || async move {
+                two.prepares.fetch_add(1, Ordering::SeqCst);
+                Json(json!({"vote": "commit"}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, counts)
+}
+
+/// A single participant that offers it commits in one phase: one call, no prepare, and the
+/// outcome is logged.
+#[tokio::test]
+async fn a_single_participant_commits_in_one_phase() {
+    let f = fixture().await;
+    let (url, seen) = one_phase_participant().await;
+    let body = json!({"commit": true, "participants": [{"name": "solo", "url": url}]});
+    let (status, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body.to_string())).await;
+    assert_eq!(status, StatusCode::CREATED, "{tx}");
+    assert_eq!(tx["state"], "committed", "{tx}");
+    assert_eq!(tx["participants"][0]["state"], "committed", "{tx}");
+    assert_eq!(seen.commits.load(Ordering::SeqCst), 1, "one one-phase call");
+    assert_eq!(seen.prepares.load(Ordering::SeqCst), 0, "no prepare");
+    let id = tx["id"].as_str().unwrap();
+    let (_, read) = call(&f.app, "GET", &format!("/v1/transactions/{id}"), None).await;
+    assert_eq!(read["state"], "committed", "{read}");
+    // The outcome reaches the log right after the answer.
+    for _ in 0..100 {
+        let logged = f.log.get(id.parse().unwrap()).await.unwrap().unwrap();
+        if logged.state == TransactionState::Committed {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the one-phase outcome was never logged");
+}
+
+/// Its refusal aborts the transaction with its reason, and nothing is sent afterwards.
+#[tokio::test]
+async fn a_one_phase_refusal_aborts_with_the_reason() {
+    let f = fixture().await;
+    let (url, seen) = one_phase_participant().await;
+    let body = json!({"commit": true, "participants": [
+        {"name": "solo", "url": url, "payload": {"vote": "abort"}}]});
+    let (_, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body.to_string())).await;
+    assert_eq!(tx["state"], "aborted", "{tx}");
+    assert_eq!(tx["reason"], "participant solo aborted: scripted refusal");
+    assert_eq!(seen.commits.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.prepares.load(Ordering::SeqCst), 0);
+}
+
+/// A participant without the one-phase call (404) gets the two phases instead.
+#[tokio::test]
+async fn without_the_one_phase_call_the_two_phases_run() {
+    let f = fixture().await;
+    let (url, seen) = scripted_participant().await;
+    let body = json!({"commit": true, "participants": [{"name": "plain", "url": url}]});
+    let (_, tx) = call(&f.app, "POST", "/v1/transactions", Some(&body.to_string())).await;
+    assert_eq!(tx["state"], "committed", "{tx}");
+    assert_eq!(seen.prepares.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.commits.load(Ordering::SeqCst), 1);
 }

@@ -40,6 +40,7 @@ fn participant(
         payload,
         vote,
         state,
+        one_phase: false,
     }
 }
 

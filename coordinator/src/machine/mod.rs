@@ -31,8 +31,29 @@ pub enum Event {
         /// The participant's name.
         participant: String,
     },
+    /// The only participant answered the one-phase commit, or showed it does not offer one.
+    OnePhaseAnswered {
+        /// The participant's name.
+        participant: String,
+        /// What it said.
+        answer: OnePhaseAnswer,
+    },
     /// Recovery found the transaction unfinished and no driver working on it.
     Recovered,
+}
+
+/// A participant's answer to a one-phase commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnePhaseAnswer {
+    /// It did the work and committed it.
+    Committed,
+    /// It refused (or saw an abort first); nothing changed.
+    Aborted {
+        /// Its reason.
+        reason: String,
+    },
+    /// It has no one-phase commit (404, 405 or 501): fall back to prepare and commit.
+    Unsupported,
 }
 
 impl Event {
@@ -43,6 +64,7 @@ impl Event {
             Self::AbortRequested { .. } => "abort_requested",
             Self::Voted { .. } => "voted",
             Self::Acknowledged { .. } => "acknowledged",
+            Self::OnePhaseAnswered { .. } => "one_phase_answered",
             Self::Recovered => "recovered",
         }
     }
@@ -53,6 +75,8 @@ impl Event {
 pub enum Action {
     /// Send prepare to these participants.
     Prepare(Vec<String>),
+    /// Ask this participant, the only one, to commit in one phase, until it answers.
+    OnePhase(String),
     /// Send commit to these participants, retrying until acknowledged.
     Commit(Vec<String>),
     /// Send abort to these participants, retrying until acknowledged.
@@ -85,6 +109,12 @@ pub enum TransitionError {
     /// The transaction is already decided to commit; it can no longer abort.
     #[error("transaction is already decided to commit")]
     AlreadyCommitted,
+    /// The only participant was asked to commit in one phase: the decision is its own.
+    #[error(
+        "transaction was handed to its only participant to commit in one phase; it decides, \
+         and the transaction can no longer be aborted"
+    )]
+    Delegated,
     /// A vote or acknowledgement named a participant the transaction does not have.
     #[error("transaction has no participant named '{0}'")]
     UnknownParticipant(String),
@@ -124,6 +154,11 @@ pub fn apply(record: &TxRecord, event: Event, now: Millis) -> Result<Transition,
             if now > next.deadline {
                 abort_unprepared(&mut next, "deadline passed before commit", now);
                 Vec::new()
+            } else if let [only] = next.participants.as_mut_slice() {
+                // One participant needs no vote: it decides in one local transaction.
+                next.state = S::Preparing;
+                only.one_phase = true;
+                vec![Action::OnePhase(only.name.clone())]
             } else {
                 next.state = S::Preparing;
                 vec![Action::Prepare(names(&next, |_| true))]
@@ -135,12 +170,17 @@ pub fn apply(record: &TxRecord, event: Event, now: Millis) -> Result<Transition,
             abort_unprepared(&mut next, &reason, now);
             Vec::new()
         }
+        (S::Preparing, Event::AbortRequested { .. }) if one_phase_pending(record) => {
+            return Err(TransitionError::Delegated);
+        }
         (S::Preparing, Event::AbortRequested { reason }) => decide_abort(&mut next, reason, now),
         (S::Committing | S::Committed, Event::AbortRequested { .. }) => {
             return Err(TransitionError::AlreadyCommitted);
         }
         (S::Aborting | S::Aborted, Event::AbortRequested { .. }) => return Ok(unchanged(record)),
 
+        // No prepare was sent while the one-phase commit is out.
+        (S::Preparing, Event::Voted { .. }) if one_phase_pending(record) => return Err(invalid()),
         (S::Preparing, Event::Voted { participant, vote }) => {
             let p = find_mut(&mut next, &participant)?;
             if p.vote.is_some() {
@@ -195,6 +235,51 @@ pub fn apply(record: &TxRecord, event: Event, now: Millis) -> Result<Transition,
         }
         (S::Active | S::Preparing, Event::Acknowledged { .. }) => return Err(invalid()),
 
+        (
+            S::Preparing,
+            Event::OnePhaseAnswered {
+                participant,
+                answer,
+            },
+        ) => {
+            let p = find_mut(&mut next, &participant)?;
+            if !p.one_phase || p.state != ParticipantState::Pending {
+                return Ok(unchanged(record));
+            }
+            match answer {
+                OnePhaseAnswer::Committed => {
+                    p.vote = Some(VoteKind::Commit);
+                    p.state = ParticipantState::Committed;
+                    next.state = S::Committed;
+                    next.decision = Some(Decision::Commit);
+                }
+                OnePhaseAnswer::Aborted { reason } => {
+                    p.vote = Some(VoteKind::Abort);
+                    p.state = ParticipantState::Aborted;
+                    next.state = S::Aborted;
+                    next.decision = Some(Decision::Abort);
+                    next.reason = Some(format!("participant {participant} aborted: {reason}"));
+                }
+                OnePhaseAnswer::Unsupported => {
+                    p.one_phase = false;
+                    next.version = record.version + 1;
+                    return Ok(Transition {
+                        record: next,
+                        changed: true,
+                        actions: vec![Action::Prepare(vec![participant])],
+                    });
+                }
+            }
+            next.decided_at = Some(now);
+            next.completed_at = Some(now);
+            Vec::new()
+        }
+        (S::Active, Event::OnePhaseAnswered { .. }) => return Err(invalid()),
+        (_, Event::OnePhaseAnswered { participant, .. }) => {
+            find_mut(&mut next, &participant)?;
+            return Ok(unchanged(record));
+        }
+
         (S::Active, Event::Recovered) => {
             if now > next.deadline {
                 abort_unprepared(&mut next, "deadline passed while active", now);
@@ -202,6 +287,17 @@ pub fn apply(record: &TxRecord, event: Event, now: Millis) -> Result<Transition,
             } else {
                 return Ok(unchanged(record));
             }
+        }
+        (S::Preparing, Event::Recovered) if one_phase_pending(record) => {
+            // Only the participant knows the outcome: ask again (the call is idempotent).
+            let only = record.participants.iter().find(|p| p.one_phase);
+            return Ok(Transition {
+                actions: only
+                    .map(|p| Action::OnePhase(p.name.clone()))
+                    .into_iter()
+                    .collect(),
+                ..unchanged(record)
+            });
         }
         (S::Preparing, Event::Recovered) => decide_abort(
             &mut next,
@@ -229,6 +325,15 @@ pub fn apply(record: &TxRecord, event: Event, now: Millis) -> Result<Transition,
         changed: true,
         actions,
     })
+}
+
+/// Whether the transaction waits for a one-phase commit's answer.
+pub fn one_phase_pending(record: &TxRecord) -> bool {
+    record.state == TransactionState::Preparing
+        && record
+            .participants
+            .iter()
+            .any(|p| p.one_phase && p.state == ParticipantState::Pending)
 }
 
 /// Whether this participant still has to acknowledge a commit.

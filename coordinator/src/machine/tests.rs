@@ -188,10 +188,13 @@ fn one_abort_vote_decides_abort_for_the_others() {
 
 #[test]
 fn abort_votes_from_everyone_finish_at_once() {
-    let t = step(&tx(&["a"]), Event::CommitRequested);
+    let t = step(&tx(&["a", "b"]), Event::CommitRequested);
     let t = step(&t.record, voted("a", abort_vote()));
+    assert_eq!(t.actions, vec![Action::Abort(vec!["b".into()])]);
+    let t = step(&t.record, voted("b", abort_vote()));
+    assert_eq!(t.record.state, S::Aborting);
+    let t = step(&t.record, ack("b"));
     assert_eq!(t.record.state, S::Aborted);
-    assert!(t.actions.is_empty());
 }
 
 #[test]
@@ -355,4 +358,85 @@ fn no_interleaving_commits_with_an_abort_vote() {
             }
         }
     }
+}
+
+fn one_phase(name: &str, answer: OnePhaseAnswer) -> Event {
+    Event::OnePhaseAnswered {
+        participant: name.to_owned(),
+        answer,
+    }
+}
+
+#[test]
+fn a_single_participant_is_asked_to_commit_in_one_phase() {
+    let t = step(&tx(&["a"]), Event::CommitRequested);
+    assert_eq!(t.record.state, S::Preparing);
+    assert_eq!(t.actions, vec![Action::OnePhase("a".into())]);
+    assert!(one_phase_pending(&t.record));
+    let done = step(&t.record, one_phase("a", OnePhaseAnswer::Committed));
+    assert_eq!(done.record.state, S::Committed);
+    assert_eq!(done.record.decision, Some(Decision::Commit));
+    assert_eq!(
+        done.record.participants[0].state,
+        ParticipantState::Committed
+    );
+    assert!(done.record.completed_at.is_some());
+    assert!(done.actions.is_empty());
+    // A repeated answer changes nothing.
+    assert!(!step(&done.record, one_phase("a", OnePhaseAnswer::Committed)).changed);
+}
+
+#[test]
+fn a_one_phase_refusal_aborts_with_the_participants_reason() {
+    let t = step(&tx(&["a"]), Event::CommitRequested);
+    let reason = "insufficient funds".to_owned();
+    let done = step(
+        &t.record,
+        one_phase("a", OnePhaseAnswer::Aborted { reason }),
+    );
+    assert_eq!(done.record.state, S::Aborted);
+    assert_eq!(
+        done.record.reason.as_deref(),
+        Some("participant a aborted: insufficient funds")
+    );
+    assert!(done.actions.is_empty(), "nothing to undo anywhere");
+}
+
+#[test]
+fn without_one_phase_support_the_two_phases_run() {
+    let t = step(&tx(&["a"]), Event::CommitRequested);
+    let t = step(&t.record, one_phase("a", OnePhaseAnswer::Unsupported));
+    assert_eq!(t.actions, vec![Action::Prepare(vec!["a".into()])]);
+    assert!(!one_phase_pending(&t.record));
+    let t = step(&t.record, voted("a", Vote::Commit));
+    assert_eq!(t.actions, vec![Action::Commit(vec!["a".into()])]);
+    let t = step(&t.record, ack("a"));
+    assert_eq!(t.record.state, S::Committed);
+}
+
+#[test]
+fn a_one_phase_commit_cannot_be_aborted_and_recovery_asks_again() {
+    let t = step(&tx(&["a"]), Event::CommitRequested);
+    let abort = Event::AbortRequested {
+        reason: "client".into(),
+    };
+    assert_eq!(
+        apply(&t.record, abort, NOW + 1).unwrap_err(),
+        TransitionError::Delegated
+    );
+    let r = step(&t.record, Event::Recovered);
+    assert!(!r.changed);
+    assert_eq!(r.actions, vec![Action::OnePhase("a".into())]);
+    // A vote cannot arrive: no prepare was sent.
+    assert!(apply(&t.record, voted("a", Vote::Commit), NOW + 1).is_err());
+}
+
+#[test]
+fn two_participants_never_use_one_phase() {
+    let t = step(&tx(&["a", "b"]), Event::CommitRequested);
+    assert_eq!(
+        t.actions,
+        vec![Action::Prepare(vec!["a".into(), "b".into()])]
+    );
+    assert!(t.record.participants.iter().all(|p| !p.one_phase));
 }

@@ -70,11 +70,19 @@ pub enum Op {
     Commit,
     /// `POST /abort`.
     Abort,
+    /// `POST /commit-one-phase`: prepare and commit in one local transaction (the transaction's
+    /// only participant decides).
+    CommitOnePhase,
 }
 
 impl Op {
     /// Every operation, for exhaustive tests and model checking.
-    pub const ALL: [Op; 3] = [Self::Prepare, Self::Commit, Self::Abort];
+    pub const ALL: [Op; 4] = [
+        Self::Prepare,
+        Self::Commit,
+        Self::Abort,
+        Self::CommitOnePhase,
+    ];
 }
 
 impl fmt::Display for Op {
@@ -83,6 +91,7 @@ impl fmt::Display for Op {
             Self::Prepare => "prepare",
             Self::Commit => "commit",
             Self::Abort => "abort",
+            Self::CommitOnePhase => "commit-one-phase",
         })
     }
 }
@@ -92,6 +101,9 @@ impl fmt::Display for Op {
 pub enum Step {
     /// No row: run the prepare handler and record its vote.
     RunPrepare,
+    /// No row: run the prepare handler and, if it votes commit, the commit handler, in one
+    /// local transaction; record the outcome.
+    RunOnePhase,
     /// A row exists: answer the vote recorded first, change nothing.
     RepeatVote,
     /// Row prepared: run the commit handler and record `committed`.
@@ -130,6 +142,12 @@ pub fn step(current: Option<LocalState>, op: Op) -> Step {
         (Some(Prepared), Op::Abort) => Step::RunAbort,
         (Some(Aborted | ReadOnly), Op::Abort) => Step::AlreadyDone,
         (Some(Committed), Op::Abort) => Step::Conflict,
+
+        (None, Op::CommitOnePhase) => Step::RunOnePhase,
+        // Answer the recorded outcome (a tombstone or a refusal is an abort).
+        (Some(Committed | ReadOnly | Aborted), Op::CommitOnePhase) => Step::AlreadyDone,
+        // Prepared by a two-phase prepare: the coordinator must finish what it started.
+        (Some(Prepared), Op::CommitOnePhase) => Step::Conflict,
     }
 }
 
@@ -139,7 +157,7 @@ mod tests {
     use LocalState::{Aborted, Committed, Prepared, ReadOnly};
 
     /// The whole table, written out once: every (state, op) pair and its step.
-    const TABLE: [(Option<LocalState>, Op, Step); 15] = [
+    const TABLE: [(Option<LocalState>, Op, Step); 20] = [
         (None, Op::Prepare, Step::RunPrepare),
         (None, Op::Commit, Step::Unknown),
         (None, Op::Abort, Step::Tombstone),
@@ -155,6 +173,11 @@ mod tests {
         (Some(Aborted), Op::Prepare, Step::RepeatVote),
         (Some(Aborted), Op::Commit, Step::Conflict),
         (Some(Aborted), Op::Abort, Step::AlreadyDone),
+        (None, Op::CommitOnePhase, Step::RunOnePhase),
+        (Some(Prepared), Op::CommitOnePhase, Step::Conflict),
+        (Some(Committed), Op::CommitOnePhase, Step::AlreadyDone),
+        (Some(ReadOnly), Op::CommitOnePhase, Step::AlreadyDone),
+        (Some(Aborted), Op::CommitOnePhase, Step::AlreadyDone),
     ];
 
     #[test]
@@ -191,7 +214,10 @@ mod tests {
         for current in std::iter::once(None).chain(LocalState::ALL.into_iter().map(Some)) {
             for op in Op::ALL {
                 let runs_outcome = matches!(step(current, op), Step::RunCommit | Step::RunAbort);
-                assert_eq!(runs_outcome, current == Some(Prepared) && op != Op::Prepare);
+                assert_eq!(
+                    runs_outcome,
+                    current == Some(Prepared) && matches!(op, Op::Commit | Op::Abort)
+                );
             }
         }
     }

@@ -13,7 +13,7 @@ pub use router::{ApiError, WireJson};
 
 use crate::error::{ParticipantError, StoreError};
 use crate::store::{NewRow, RowChange, StateRow, StateStore, now_ms};
-use crate::wire::{OutcomeRequest, PrepareRequest, TransactionId, Vote, VoteKind};
+use crate::wire::{OnePhaseOutcome, OutcomeRequest, PrepareRequest, TransactionId, Vote, VoteKind};
 use rand::Rng as _;
 use serde::Deserialize as _;
 use std::time::Duration;
@@ -111,6 +111,135 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// One-phase commit, for a transaction with this participant as its only one: runs the
+    /// prepare handler and, on a commit vote, the commit handler in one local transaction and
+    /// records the outcome; a repeat answers the outcome recorded first.
+    pub async fn commit_one_phase(
+        &self,
+        req: &PrepareRequest,
+    ) -> Result<OnePhaseOutcome, ParticipantError> {
+        check_name(&req.participant)?;
+        let payload =
+            H::Payload::deserialize(&req.payload).map_err(ParticipantError::BadPayload)?;
+        let payload_text =
+            serde_json::to_string(&req.payload).map_err(ParticipantError::BadPayload)?;
+        let mut attempt = 1;
+        loop {
+            let mut tx = self.store.begin().await?;
+            let result = self
+                .one_phase_in(&mut tx, req, &payload, &payload_text)
+                .await;
+            match finish(tx, result).await {
+                Err(e) if e.is_transient() && attempt < LOCAL_TX_ATTEMPTS => {
+                    retry_pause(Op::CommitOnePhase, req.transaction_id, attempt, &e).await;
+                    attempt += 1;
+                }
+                Ok(outcome) => {
+                    tracing::info!(
+                        participant = %req.participant,
+                        transaction_id = %req.transaction_id,
+                        outcome = ?outcome,
+                        "one-phase commit answered"
+                    );
+                    return Ok(outcome);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The statements of a one-phase commit inside `tx`.
+    async fn one_phase_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, S::Db>,
+        req: &PrepareRequest,
+        payload: &H::Payload,
+        payload_text: &str,
+    ) -> Result<OnePhaseOutcome, ParticipantError> {
+        let id = req.transaction_id;
+        let participant = req.participant.as_str();
+        // Like prepare: the insert takes the key's lock, written as the common outcome.
+        let inserted = self
+            .store
+            .insert_if_absent(
+                tx,
+                &NewRow {
+                    participant,
+                    transaction_id: id,
+                    state: LocalState::Committed,
+                    vote: Some(VoteKind::Commit),
+                    reason: None,
+                    payload: Some(payload_text),
+                    coordinator: Some(&req.coordinator),
+                    now_ms: now_ms(),
+                },
+            )
+            .await?;
+        let existing = if inserted {
+            None
+        } else {
+            Some(self.existing_row(tx, participant, id, false).await?)
+        };
+        let op = Op::CommitOnePhase;
+        match (step(existing.as_ref().map(|r| r.state), op), existing) {
+            (Step::AlreadyDone, Some(row)) => Ok(match (row.state, recorded_vote(&row)) {
+                (LocalState::Aborted, Vote::Abort { reason }) => {
+                    OnePhaseOutcome::Aborted { reason }
+                }
+                _ => OnePhaseOutcome::Committed,
+            }),
+            (Step::Conflict, Some(row)) => Err(ParticipantError::Conflict {
+                participant: participant.to_owned(),
+                transaction_id: id,
+                op,
+                state: row.state,
+            }),
+            (Step::RunOnePhase, None) => {
+                self.store.savepoint(tx).await?;
+                let vote = self
+                    .handler
+                    .prepare(tx, id, payload)
+                    .await
+                    .map_err(|source| ParticipantError::Handler { op, source })?;
+                let (change, outcome) = match vote {
+                    Vote::Commit => {
+                        self.handler
+                            .commit(tx, id, payload)
+                            .await
+                            .map_err(|source| ParticipantError::Handler { op, source })?;
+                        // The inserted row says so already.
+                        return Ok(OnePhaseOutcome::Committed);
+                    }
+                    Vote::ReadOnly => (
+                        (LocalState::ReadOnly, Some(VoteKind::ReadOnly), None),
+                        OnePhaseOutcome::Committed,
+                    ),
+                    Vote::Abort { reason } => {
+                        self.store.rollback_to_savepoint(tx).await?;
+                        (
+                            (
+                                LocalState::Aborted,
+                                Some(VoteKind::Abort),
+                                Some(reason.clone()),
+                            ),
+                            OnePhaseOutcome::Aborted { reason },
+                        )
+                    }
+                };
+                let (state, vote, reason) = change;
+                let change = RowChange {
+                    state,
+                    vote,
+                    reason: reason.as_deref(),
+                    now_ms: now_ms(),
+                };
+                self.store.update(tx, participant, id, &change).await?;
+                Ok(outcome)
+            }
+            (other, _) => Err(unexpected_step(other, op, id)),
         }
     }
 
@@ -302,7 +431,9 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
                 }
             }
             Op::Commit => self.store.get_for_update(tx, participant, id).await?,
-            Op::Prepare => return Err(unexpected_step(Step::RunPrepare, op, id)),
+            Op::Prepare | Op::CommitOnePhase => {
+                return Err(unexpected_step(Step::RunPrepare, op, id));
+            }
         };
         let current = existing.as_ref().map(|r| r.state);
         match (step(current, op), existing) {

@@ -3,7 +3,10 @@
 use super::{Handler, Participant};
 use crate::error::ParticipantError;
 use crate::store::StateStore;
-use crate::wire::{ErrorBody, OutcomeRequest, OutcomeResponse, PrepareRequest, Vote};
+use crate::wire::{
+    ErrorBody, ONE_PHASE_PATH, OnePhaseOutcome, OutcomeRequest, OutcomeResponse, PrepareRequest,
+    Vote,
+};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
@@ -14,13 +17,17 @@ use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
 impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
-    /// The three endpoints at `/prepare`, `/commit` and `/abort`; nest or merge it where the
-    /// coordinator should find them.
+    /// The endpoints at `/prepare`, `/commit`, `/abort` and `/commit-one-phase`; nest or merge
+    /// it where the coordinator should find them.
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route("/prepare", post(prepare::<S, H>))
             .route("/commit", post(commit::<S, H>))
             .route("/abort", post(abort::<S, H>))
+            .route(
+                &format!("/{ONE_PHASE_PATH}"),
+                post(commit_one_phase::<S, H>),
+            )
             .with_state(self)
     }
 
@@ -45,6 +52,13 @@ async fn prepare<S: StateStore, H: Handler<S::Db>>(
     WireJson(req): WireJson<PrepareRequest>,
 ) -> Result<Json<Vote>, ApiError> {
     Ok(Json(p.prepare(&req).await?))
+}
+
+async fn commit_one_phase<S: StateStore, H: Handler<S::Db>>(
+    State(p): State<Arc<Participant<S, H>>>,
+    WireJson(req): WireJson<PrepareRequest>,
+) -> Result<Json<OnePhaseOutcome>, ApiError> {
+    Ok(Json(p.commit_one_phase(&req).await?))
 }
 
 async fn commit<S: StateStore, H: Handler<S::Db>>(
