@@ -296,6 +296,79 @@ fn presumed_abort_of_an_unlogged_create_needs_inquiries() {
     run("logged create, no inquiries", config).unwrap_or_else(|v| panic!("{v}"));
 }
 
+/// One participant: the one-phase commit. The participant decides; the coordinator logs the
+/// transaction before the call, asks again until it hears the answer (across crashes), and logs
+/// what it hears; the log and the participant agree, and everything ends final.
+#[test]
+fn model_1_participant_one_phase_holds() {
+    let stats = run("1 participant, one phase", Config::new(1, (2, 2), 2))
+        .unwrap_or_else(|v| panic!("{v}"));
+    assert!(stats.states > 1_000, "{stats}");
+    assert!(stats.final_states > 0, "{stats}");
+}
+
+/// One participant that does not offer the one-phase commit (404): the two phases run.
+#[test]
+fn model_1_participant_without_one_phase_falls_back() {
+    let config = Config {
+        one_phase_supported: false,
+        ..Config::new(1, (2, 2), 2)
+    };
+    let stats = run("1 participant, no one phase", config).unwrap_or_else(|v| panic!("{v}"));
+    assert!(stats.final_states > 0, "{stats}");
+}
+
+/// Treating an unanswered one-phase call like an unanswered prepare (abort) is wrong: the
+/// participant may have committed with its answer lost.
+#[test]
+fn wrong_rule_one_phase_timeout_aborts_is_caught() {
+    // It also commits without a logged commit decision; left unchecked to show the outcome.
+    let config = Config {
+        unchecked: vec![Property::NoCommitWithoutLoggedDecision],
+        ..Config::new(1, (0, 0), 0)
+    };
+    let v = caught(
+        "one_phase_timeout_aborts",
+        config,
+        WrongRule::OnePhaseTimeoutAborts,
+        Property::LogAgreesWithParticipants,
+    );
+    assert!(
+        v.trace
+            .iter()
+            .any(|l| l.contains("handles commit-one-phase, answers Committed")),
+        "{v}"
+    );
+}
+
+/// The one-participant model reaches the one-phase situations (with and without the
+/// capability), and dropping dead messages is sound there too.
+#[test]
+fn the_one_phase_model_reaches_its_situations_and_drops_garbage_soundly() {
+    let mut seen = HashSet::new();
+    for supported in [true, false] {
+        let config = Config {
+            one_phase_supported: supported,
+            ..Config::new(1, (1, 1), 1)
+        };
+        let sys = System::new(config.clone());
+        for s in reachable(&sys).unwrap() {
+            seen.extend(sys.one_phase_situations(&s));
+        }
+        let full = System::new(Config {
+            collect_garbage: false,
+            ..config
+        });
+        for s in &reachable(&full).unwrap() {
+            full.check_garbage_collection(s)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    for situation in system::ONE_PHASE_SITUATIONS {
+        assert!(seen.contains(situation), "never reached: {situation}");
+    }
+}
+
 /// Other bounds, for exploring by hand: `TWOPC_MODEL=participants,coordinator crashes,
 /// participant crashes,losses cargo test -p twopc-tests --release --test model -- --ignored`;
 /// `TWOPC_MODEL_FULL=1` explores without the two reductions (garbage, symmetry).

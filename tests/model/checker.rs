@@ -23,6 +23,9 @@ pub enum Property {
     /// Once the log records a participant's acknowledgement of the outcome, that participant
     /// holds nothing (its row is never `prepared` again).
     NothingHeldAfterAcknowledgement,
+    /// A finished transaction's record agrees with every participant: committed in the log,
+    /// aborted nowhere; aborted in the log, committed nowhere.
+    LogAgreesWithParticipants,
     /// Once failures stop, every transaction reaches a final state at the coordinator and at
     /// every participant.
     EventuallyFinal,
@@ -38,6 +41,7 @@ impl fmt::Display for Property {
             Self::Agreement => "agreement",
             Self::NoCommitWithoutLoggedDecision => "no commit without a logged decision",
             Self::NothingHeldAfterAcknowledgement => "nothing held after an acknowledgement",
+            Self::LogAgreesWithParticipants => "the log's outcome agrees with the participants",
             Self::EventuallyFinal => "once failures stop, every transaction becomes final",
             Self::FinalStaysFinal => "final states are absorbing",
             Self::MachineAcceptsEvents => "the machine accepts every event it is fed",

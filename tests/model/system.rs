@@ -24,7 +24,7 @@ use std::fmt::{self, Write as _};
 use std::hash::BuildHasherDefault;
 use twopc::participant::machine::{LocalState, Op, Step, step};
 use twopc::wire::{Decision, ParticipantState, TransactionId, TransactionState, Vote, VoteKind};
-use twopc_coordinator::machine::{Action, Event, apply};
+use twopc_coordinator::machine::{Action, Event, OnePhaseAnswer, apply};
 use twopc_coordinator::record::{Millis, ParticipantRecord, TxRecord};
 
 /// Most participants the model holds.
@@ -52,6 +52,9 @@ pub enum WrongRule {
     /// The coordinator answers inquiries from the log only: about a transaction it is driving
     /// but has not logged yet it answers 404 (presumed abort) instead of "still preparing".
     InquiryIgnoresRegistry,
+    /// A one-phase commit call that ends without an answer counts as the participant's
+    /// refusal (like an unanswered prepare), instead of being asked again.
+    OnePhaseTimeoutAborts,
 }
 
 /// What is explored.
@@ -61,6 +64,9 @@ pub struct Config {
     pub participants: usize,
     /// Whether a participant may vote `read_only` (besides `commit` and `abort`).
     pub read_only: bool,
+    /// Whether the participants offer the one-phase commit (used when there is one participant);
+    /// without it they answer 404 and the coordinator falls back to the two phases.
+    pub one_phase_supported: bool,
     /// Whether a client may ask to abort (once) while the transaction runs.
     pub client_abort: bool,
     /// Whether the one-shot create is logged before the prepares (a request with an
@@ -97,6 +103,7 @@ impl Config {
         Self {
             participants,
             read_only: true,
+            one_phase_supported: true,
             client_abort: true,
             log_create: false,
             inquiries: true,
@@ -117,6 +124,8 @@ impl Config {
 pub struct PartRec {
     vote: Option<VoteKind>,
     state: ParticipantState,
+    /// Asked to commit in one phase.
+    one_phase: bool,
 }
 
 /// The fields of a [`TxRecord`] that the machine reads or that differ between states; the id,
@@ -145,6 +154,9 @@ pub enum Driver {
     Preparing { current: Rec, sent: u8 },
     /// Wrong rule `CommitBeforeLog` only: commit decided and sent, not yet logged.
     Unlogged { current: Rec, targets: u8 },
+    /// The one-phase commit is out to the only participant (asked again until it answers);
+    /// `current` is the logged record it started from.
+    OnePhase { current: Rec },
     /// Phase two: the outcome goes to `targets` until each acknowledges; the
     /// acknowledgements are folded into `current` in memory and logged once, at the end.
     PhaseTwo {
@@ -177,9 +189,24 @@ pub enum Msg {
     Inquiry { p: u8 },
     /// The coordinator's answer to `p`'s inquiry (commit, or abort: aborting, aborted or 404).
     Answer { p: u8, decision: Decision },
+    /// `POST /commit-one-phase` to `p`.
+    OnePhase { p: u8, live: bool },
+    /// `p`'s answer to it.
+    OnePhaseAnswer { p: u8, answer: OneAnswer },
 }
 
-const KINDS: u32 = 14;
+/// A participant's answer to a one-phase commit, in the model's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OneAnswer {
+    /// `{"state": "committed"}`.
+    Committed,
+    /// `{"state": "aborted", …}`.
+    Aborted,
+    /// 404: not offered.
+    Unsupported,
+}
+
+const KINDS: u32 = 19;
 
 impl Msg {
     fn bit(self) -> u64 {
@@ -203,6 +230,15 @@ impl Msg {
             Self::Ack { p, decision } => (p, 9 + u32::from(decision == Decision::Abort)),
             Self::Inquiry { p } => (p, 11),
             Self::Answer { p, decision } => (p, 12 + u32::from(decision == Decision::Abort)),
+            Self::OnePhase { p, live } => (p, 14 + u32::from(!live)),
+            Self::OnePhaseAnswer { p, answer } => (
+                p,
+                match answer {
+                    OneAnswer::Committed => 16,
+                    OneAnswer::Aborted => 17,
+                    OneAnswer::Unsupported => 18,
+                },
+            ),
         };
         1 << (u32::from(p) * KINDS + k)
     }
@@ -240,9 +276,22 @@ impl Msg {
                 decision: d(k == 10),
             },
             11 => Self::Inquiry { p },
-            k => Self::Answer {
+            k @ (12 | 13) => Self::Answer {
                 p,
                 decision: d(k == 13),
+            },
+            k @ (14 | 15) => Self::OnePhase { p, live: k == 14 },
+            16 => Self::OnePhaseAnswer {
+                p,
+                answer: OneAnswer::Committed,
+            },
+            17 => Self::OnePhaseAnswer {
+                p,
+                answer: OneAnswer::Aborted,
+            },
+            _ => Self::OnePhaseAnswer {
+                p,
+                answer: OneAnswer::Unsupported,
             },
         }
     }
@@ -250,8 +299,14 @@ impl Msg {
     /// The participant this message goes to, if it goes to one.
     fn to_participant(self) -> Option<u8> {
         match self {
-            Self::Prepare { p, .. } | Self::Outcome { p, .. } | Self::Answer { p, .. } => Some(p),
-            Self::Vote { .. } | Self::Ack { .. } | Self::Inquiry { .. } => None,
+            Self::Prepare { p, .. }
+            | Self::Outcome { p, .. }
+            | Self::Answer { p, .. }
+            | Self::OnePhase { p, .. } => Some(p),
+            Self::Vote { .. }
+            | Self::Ack { .. }
+            | Self::Inquiry { .. }
+            | Self::OnePhaseAnswer { .. } => None,
         }
     }
 }
@@ -268,6 +323,8 @@ impl fmt::Display for Msg {
             Self::Ack { p, decision } => write!(f, "p{p}:ack_{}", decision.as_str()),
             Self::Inquiry { p } => write!(f, "p{p}:inquiry"),
             Self::Answer { p, decision } => write!(f, "answer_{}>p{p}", decision.as_str()),
+            Self::OnePhase { p, live } => write!(f, "one_phase>p{p}{}", dead(live)),
+            Self::OnePhaseAnswer { p, answer } => write!(f, "p{p}:one_phase_{answer:?}"),
         }
     }
 }
@@ -324,7 +381,7 @@ fn rec_code(r: &Rec) -> u64 {
     };
     r.parts
         .iter()
-        .fold(state | decision << 3, |acc, p| acc << 5 | part_code(*p))
+        .fold(state | decision << 3, |acc, p| acc << 6 | part_code(*p))
 }
 
 /// A hash of the packed fields: the derived one hashes field by field, which is most of the
@@ -340,6 +397,7 @@ impl std::hash::Hash for State {
             Driver::Unlogged { current, targets } => {
                 2 | u64::from(targets) << 2 | rec_code(&current) << 8
             }
+            Driver::OnePhase { current } => 0b100 | rec_code(&current) << 12,
             Driver::PhaseTwo {
                 decision,
                 current,
@@ -371,6 +429,7 @@ impl std::hash::Hash for State {
                     + part_code(PartRec {
                         vote: r.vote,
                         state: ParticipantState::Pending,
+                        one_phase: false,
                     })
             });
             rest = rest << 6 | row << 1 | u64::from(self.up[p]);
@@ -409,6 +468,12 @@ pub enum Label {
     ParticipantCrash(u8),
     ParticipantRestart(u8),
     Lose(Msg),
+    /// The one-phase commit call goes out (again).
+    SendOnePhase,
+    /// Its answer arrives (or, wrong rule `OnePhaseTimeoutAborts`, a timeout counts as abort).
+    DeliverOnePhase(OneAnswer),
+    /// `p` handles the one-phase call; `Some(answer)` unless it conflicts (409, no answer).
+    HandleOnePhase(u8, bool, OneAnswer),
 }
 
 impl fmt::Display for Label {
@@ -441,6 +506,17 @@ impl fmt::Display for Label {
             Self::ParticipantCrash(p) => write!(f, "p{p} CRASHES"),
             Self::ParticipantRestart(p) => write!(f, "p{p} restarts"),
             Self::Lose(m) => write!(f, "network LOSES {m}"),
+            Self::SendOnePhase => write!(f, "coordinator: sends commit-one-phase to p0"),
+            Self::DeliverOnePhase(a) => {
+                write!(f, "coordinator: receives the one-phase answer {a:?}")
+            }
+            Self::HandleOnePhase(p, l, a) => {
+                write!(
+                    f,
+                    "p{p}: handles commit-one-phase{}, answers {a:?}",
+                    live(l)
+                )
+            }
         }
     }
 }
@@ -452,6 +528,7 @@ enum Ev {
     Acknowledged(u8),
     Recovered,
     AbortRequested,
+    OnePhase(u8, OneAnswer),
 }
 
 /// What the real machine returned, in the model's terms.
@@ -461,6 +538,8 @@ struct Applied {
     changed: bool,
     /// Commit or abort, and to which participants (a bit each); none for no action.
     outcome: Option<(Decision, u8)>,
+    /// `Some(true)`: ask for the one-phase commit; `Some(false)`: send prepares (the fallback).
+    phase_one: Option<bool>,
 }
 
 /// Results of the real `apply`, by input.
@@ -505,14 +584,20 @@ impl System {
                 parts: [PartRec {
                     vote: None,
                     state: ParticipantState::Pending,
+                    one_phase: false,
                 }; MAX_PARTICIPANTS],
             },
             memo: RefCell::default(),
         };
-        // The one-shot create: `CommitRequested` applied to the new record, which is then
-        // logged in one write (service.rs), with a prepare to everyone.
+        // The one-shot create: `CommitRequested` applied to the new record, with a prepare to
+        // everyone, or with one participant the one-phase commit.
         let t = apply(&record, Event::CommitRequested, NOW).expect("commit of a new transaction");
-        assert_eq!(t.actions, vec![Action::Prepare((0..n).map(name).collect())]);
+        let expected = if n == 1 {
+            Action::OnePhase(name(0))
+        } else {
+            Action::Prepare((0..n).map(name).collect())
+        };
+        assert_eq!(t.actions, vec![expected]);
         system.created = system.compact(&t.record);
         system
     }
@@ -534,6 +619,7 @@ impl System {
                 );
                 part.vote = r.parts[p].vote;
                 part.state = r.parts[p].state;
+                part.one_phase = r.parts[p].one_phase;
                 part
             })
             .collect();
@@ -545,12 +631,14 @@ impl System {
         let mut parts = [PartRec {
             vote: None,
             state: ParticipantState::Pending,
+            one_phase: false,
         }; MAX_PARTICIPANTS];
         for (p, part) in record.participants.iter().enumerate() {
             assert_eq!(part.name, name(p));
             parts[p] = PartRec {
                 vote: part.vote,
                 state: part.state,
+                one_phase: part.one_phase,
             };
         }
         Rec {
@@ -590,20 +678,35 @@ impl System {
             Ev::AbortRequested => Event::AbortRequested {
                 reason: "aborted by client".into(),
             },
+            Ev::OnePhase(p, answer) => Event::OnePhaseAnswered {
+                participant: name(p.into()),
+                answer: match answer {
+                    OneAnswer::Committed => OnePhaseAnswer::Committed,
+                    OneAnswer::Aborted => OnePhaseAnswer::Aborted {
+                        reason: "model".into(),
+                    },
+                    OneAnswer::Unsupported => OnePhaseAnswer::Unsupported,
+                },
+            },
         };
         let result = apply(&self.record(r), event, NOW)
             .map_err(|e| format!("{ev:?} on {r:?}: {e}"))
             .and_then(|t| {
-                let outcome = match t.actions.as_slice() {
-                    [] => None,
-                    [Action::Commit(names)] => Some((Decision::Commit, Self::mask(names))),
-                    [Action::Abort(names)] => Some((Decision::Abort, Self::mask(names))),
+                let (outcome, phase_one) = match t.actions.as_slice() {
+                    [] => (None, None),
+                    [Action::Commit(names)] => (Some((Decision::Commit, Self::mask(names))), None),
+                    [Action::Abort(names)] => (Some((Decision::Abort, Self::mask(names))), None),
+                    [Action::OnePhase(_)] => (None, Some(true)),
+                    [Action::Prepare(names)] if Self::mask(names) == self.all() => {
+                        (None, Some(false))
+                    }
                     other => return Err(format!("{ev:?} on {r:?}: unexpected actions {other:?}")),
                 };
                 Ok(Applied {
                     record: self.compact(&t.record),
                     changed: t.changed,
                     outcome,
+                    phase_one,
                 })
             });
         self.memo.borrow_mut().insert((*r, ev), result.clone());
@@ -625,6 +728,26 @@ impl System {
         }
     }
 
+    /// The driver that performs what `a` returned.
+    fn driver_after(a: &Applied) -> Driver {
+        match a.phase_one {
+            Some(true) => Driver::OnePhase { current: a.record },
+            Some(false) => Driver::Preparing {
+                current: a.record,
+                sent: 0,
+            },
+            None => Self::driver_for(a.record, a.outcome),
+        }
+    }
+
+    /// Whether the logged record waits for a one-phase commit's answer.
+    fn one_phase_pending(r: &Rec) -> bool {
+        r.state == TransactionState::Preparing
+            && r.parts
+                .iter()
+                .any(|p| p.one_phase && p.state == ParticipantState::Pending)
+    }
+
     /// The end of phase one: `prepare_phase` persists `current` with a compare-and-set on the
     /// record it started from; if the log changed meanwhile (a client's abort), it reloads
     /// and follows the log (`advance(fresh, Recovered)`).
@@ -637,7 +760,19 @@ impl System {
         let mut t = s.clone();
         // The driver's write is a compare-and-set on the logged record, or an insert when the
         // record was not logged; either fails if someone (a client's abort) wrote first.
-        let base = self.config.log_create.then_some(self.created);
+        let base = if self.n == 1 {
+            // After the one-phase fallback: the record as the `Unsupported` answer logged it.
+            Some(Rec {
+                parts: {
+                    let mut parts = self.created.parts;
+                    parts[0].one_phase = false;
+                    parts
+                },
+                ..self.created
+            })
+        } else {
+            self.config.log_create.then_some(self.created)
+        };
         if s.log == base {
             t.log = Some(current);
             t.driver = Self::driver_for(current, outcome);
@@ -645,7 +780,7 @@ impl System {
             let fresh = s.log.ok_or("the log record vanished")?;
             let a = self.apply(&fresh, Ev::Recovered)?;
             t.log = Some(a.record);
-            t.driver = Self::driver_for(a.record, a.outcome);
+            t.driver = Self::driver_after(&a);
         }
         Ok(t)
     }
@@ -699,12 +834,19 @@ impl System {
         if !s.created {
             let mut t = s.clone();
             t.created = true;
-            if self.config.log_create {
+            // A one-phase commit is logged before it is sent, key or not (service.rs).
+            if self.config.log_create || self.n == 1 {
                 t.log = Some(self.created);
             }
-            t.driver = Driver::Preparing {
-                current: self.created,
-                sent: 0,
+            t.driver = if self.n == 1 {
+                Driver::OnePhase {
+                    current: self.created,
+                }
+            } else {
+                Driver::Preparing {
+                    current: self.created,
+                    sent: 0,
+                }
             };
             out.push((Label::Create, t));
         }
@@ -715,7 +857,7 @@ impl System {
                     let a = self.apply(&log, Ev::Recovered)?;
                     let mut t = s.clone();
                     t.log = Some(a.record);
-                    t.driver = Self::driver_for(a.record, a.outcome);
+                    t.driver = Self::driver_after(&a);
                     out.push((Label::Recover, t));
                 }
             }
@@ -755,6 +897,38 @@ impl System {
             Driver::Unlogged { current, targets } => {
                 let t = self.log_decision(s, current, Some((Decision::Commit, targets)))?;
                 out.push((Label::LogDecision, t));
+            }
+            Driver::OnePhase { current } => {
+                // The call goes out (again: the driver repeats it until it is answered).
+                let mut t = s.clone();
+                t.net |= Msg::OnePhase { p: 0, live: true }.bit();
+                out.push((Label::SendOnePhase, t));
+                let mut answers: Vec<OneAnswer> = [
+                    OneAnswer::Committed,
+                    OneAnswer::Aborted,
+                    OneAnswer::Unsupported,
+                ]
+                .into_iter()
+                .filter(|&answer| has(s.net, Msg::OnePhaseAnswer { p: 0, answer }))
+                .collect();
+                if self.config.wrong == Some(WrongRule::OnePhaseTimeoutAborts) {
+                    answers.push(OneAnswer::Aborted);
+                }
+                for answer in answers {
+                    // `one_phase`: apply the answer, persist it (compare-and-set), follow it.
+                    let a = self.apply(&current, Ev::OnePhase(0, answer))?;
+                    let mut t = s.clone();
+                    if s.log == Some(current) {
+                        t.log = Some(a.record);
+                        t.driver = Self::driver_after(&a);
+                    } else {
+                        let fresh = s.log.ok_or("the log record vanished")?;
+                        let f = self.apply(&fresh, Ev::Recovered)?;
+                        t.log = Some(f.record);
+                        t.driver = Self::driver_after(&f);
+                    }
+                    out.push((Label::DeliverOnePhase(answer), t));
+                }
             }
             Driver::PhaseTwo {
                 decision,
@@ -843,7 +1017,7 @@ impl System {
             t.log = Some(a.record);
             t.client_aborted = true;
             if s.driver == Driver::Idle {
-                t.driver = Self::driver_for(a.record, a.outcome);
+                t.driver = Self::driver_after(&a);
             }
             out.push((Label::ClientAbort, t));
         }
@@ -856,7 +1030,11 @@ impl System {
             for m in messages(s.net) {
                 let kept = match m {
                     // Answers on the dead process's connections and requests to it are gone.
-                    Msg::Vote { .. } | Msg::Ack { .. } | Msg::Inquiry { .. } => None,
+                    Msg::Vote { .. }
+                    | Msg::Ack { .. }
+                    | Msg::Inquiry { .. }
+                    | Msg::OnePhaseAnswer { .. } => None,
+                    Msg::OnePhase { p, .. } => Some(Msg::OnePhase { p, live: false }),
                     // Its requests may still be handled; their answers reach nobody.
                     Msg::Prepare { p, .. } => Some(Msg::Prepare { p, live: false }),
                     Msg::Outcome { p, decision, .. } => Some(Msg::Outcome {
@@ -908,7 +1086,7 @@ impl System {
                 true
             }
             Step::Unknown | Step::Conflict => false,
-            Step::RunPrepare | Step::RepeatVote => {
+            Step::RunPrepare | Step::RepeatVote | Step::RunOnePhase => {
                 return Err(format!("step chose {st:?} for {op}"));
             }
         };
@@ -939,8 +1117,9 @@ impl System {
                 ..
             } => decision == d && (targets & !acked) & (1 << p) != 0,
             Driver::Unlogged { targets, .. } => d == Decision::Commit && targets & (1 << p) != 0,
-            Driver::Idle | Driver::Preparing { .. } => false,
+            Driver::Idle | Driver::Preparing { .. } | Driver::OnePhase { .. } => false,
         };
+        let awaits_one_phase = matches!(s.driver, Driver::OnePhase { .. });
         let row = |p: u8| s.rows[usize::from(p)];
         let is_final = |p: u8| row(p).is_some_and(|r| r.state != LocalState::Prepared);
         messages(s.net)
@@ -952,6 +1131,12 @@ impl System {
                     is_final(p) && !(live && awaits_ack(p, decision))
                 }
                 Msg::Answer { p, .. } | Msg::Inquiry { p } => is_final(p),
+                // Handling it changes no row (final, or the call is not offered) and its answer
+                // is awaited by nobody.
+                Msg::OnePhase { p, live } => {
+                    (is_final(p) || !self.config.one_phase_supported) && !(live && awaits_one_phase)
+                }
+                Msg::OnePhaseAnswer { .. } => !awaits_one_phase,
             })
             .fold(0, |acc, m| acc | m.bit())
     }
@@ -1059,6 +1244,62 @@ impl System {
                     let (t, st, _) = self.outcome(s, p, decision)?;
                     out.push((Label::ApplyAnswer(p, decision, st), t));
                 }
+                Msg::OnePhase { p: q, live } if q == p => {
+                    // `commit_one_phase` (or a 404 from a participant without it).
+                    let mut results = Vec::new();
+                    if !self.config.one_phase_supported {
+                        results.push((row, OneAnswer::Unsupported));
+                    } else {
+                        match step(row.map(|r| r.state), Op::CommitOnePhase) {
+                            Step::RunOnePhase => {
+                                let mut votes = vec![VoteKind::Commit, VoteKind::Abort];
+                                if self.config.read_only {
+                                    votes.push(VoteKind::ReadOnly);
+                                }
+                                for vote in votes {
+                                    let (state, answer) = match vote {
+                                        VoteKind::Commit => {
+                                            (LocalState::Committed, OneAnswer::Committed)
+                                        }
+                                        VoteKind::ReadOnly => {
+                                            (LocalState::ReadOnly, OneAnswer::Committed)
+                                        }
+                                        VoteKind::Abort => {
+                                            (LocalState::Aborted, OneAnswer::Aborted)
+                                        }
+                                    };
+                                    let new = Row {
+                                        state,
+                                        vote: Some(vote),
+                                    };
+                                    results.push((Some(new), answer));
+                                }
+                            }
+                            Step::AlreadyDone => {
+                                let aborted = row.is_some_and(|r| r.state == LocalState::Aborted);
+                                let answer = if aborted {
+                                    OneAnswer::Aborted
+                                } else {
+                                    OneAnswer::Committed
+                                };
+                                results.push((row, answer));
+                            }
+                            // 409: nothing changes, nothing useful is answered.
+                            Step::Conflict => {}
+                            other => return Err(format!("step chose {other:?} for one-phase")),
+                        }
+                    }
+                    for (new_row, answer) in results {
+                        let mut t = s.clone();
+                        t.rows[i] = new_row;
+                        if live {
+                            t.net |= Msg::OnePhaseAnswer { p, answer }.bit();
+                        }
+                        if t != *s {
+                            out.push((Label::HandleOnePhase(p, live, answer), t));
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -1099,7 +1340,39 @@ pub const SITUATIONS: [&str; 8] = [
     "a request of a crashed coordinator still in flight",
 ];
 
+/// Situations a one-participant model (the one-phase commit) must reach.
+pub const ONE_PHASE_SITUATIONS: [&str; 4] = [
+    "committed in one phase",
+    "refused in one phase",
+    "the participant decided, the log does not know yet, nobody is asking",
+    "fell back to the two phases",
+];
+
 impl System {
+    /// The [`ONE_PHASE_SITUATIONS`] that `s` shows.
+    pub fn one_phase_situations(&self, s: &State) -> Vec<&'static str> {
+        let row = s.rows[0];
+        let row_is = |st: LocalState| row.is_some_and(|r| r.state == st);
+        let part = s.log.map(|l| (l.state, l.parts[0]));
+        let seen = [
+            part.is_some_and(|(st, p)| st == TransactionState::Committed && p.one_phase)
+                && row_is(LocalState::Committed),
+            part.is_some_and(|(st, p)| st == TransactionState::Aborted && p.one_phase)
+                && row.is_some_and(|r| r.vote == Some(VoteKind::Abort)),
+            s.log.is_some_and(|l| Self::one_phase_pending(&l))
+                && row.is_some_and(|r| r.state != LocalState::Prepared)
+                && s.driver == Driver::Idle,
+            part.is_some_and(|(st, p)| st == TransactionState::Committed && !p.one_phase)
+                && row_is(LocalState::Committed),
+        ];
+        ONE_PHASE_SITUATIONS
+            .iter()
+            .zip(seen)
+            .filter(|(_, seen)| *seen)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
     /// The [`SITUATIONS`] that `s` shows.
     pub fn situations(&self, s: &State) -> Vec<&'static str> {
         let rows = &s.rows[..self.n];
@@ -1226,8 +1499,19 @@ impl Model for System {
             ),
             (
                 Property::NoCommitWithoutLoggedDecision,
+                // A one-phase commit's participant decides: it may commit while the log holds
+                // the transaction as handed to it.
                 has(LocalState::Committed)
-                    && s.log.and_then(|l| l.decision) != Some(Decision::Commit),
+                    && s.log.and_then(|l| l.decision) != Some(Decision::Commit)
+                    && !s.log.is_some_and(|l| Self::one_phase_pending(&l)),
+            ),
+            (
+                Property::LogAgreesWithParticipants,
+                s.log.is_some_and(|l| match l.state {
+                    TransactionState::Committed => has(LocalState::Aborted),
+                    TransactionState::Aborted => has(LocalState::Committed),
+                    _ => false,
+                }),
             ),
             (
                 Property::NothingHeldAfterAcknowledgement,
@@ -1284,7 +1568,9 @@ impl Model for System {
                 None => {
                     let q = u8::try_from(p).unwrap_or(0);
                     let prepares = Msg::Prepare { p: q, live: true }.bit()
-                        | Msg::Prepare { p: q, live: false }.bit();
+                        | Msg::Prepare { p: q, live: false }.bit()
+                        | Msg::OnePhase { p: q, live: true }.bit()
+                        | Msg::OnePhase { p: q, live: false }.bit();
                     s.net & prepares == 0
                 }
             })
@@ -1305,7 +1591,7 @@ fn part_code(part: PartRec) -> u64 {
         ParticipantState::Committed => 3,
         ParticipantState::Aborted => 4,
     };
-    vote + 4 * state
+    vote + 4 * state + 20 * u64::from(part.one_phase)
 }
 
 /// Everything the state holds about participant `p`, as one number.
@@ -1317,6 +1603,7 @@ fn participant_code(s: &State, p: usize) -> u64 {
         Driver::Unlogged { current, targets } => {
             (1 + part_code(current.parts[p]), targets >> p & 1)
         }
+        Driver::OnePhase { current } => (1 + part_code(current.parts[p]), 0b111),
         Driver::PhaseTwo {
             current,
             targets,
@@ -1338,13 +1625,14 @@ fn participant_code(s: &State, p: usize) -> u64 {
         let vote = part_code(PartRec {
             vote: r.vote,
             state: ParticipantState::Pending,
+            one_phase: false,
         });
         1 + state * 4 + vote
     });
     let net = s.net >> (KINDS as usize * p) & ((1 << KINDS) - 1);
     let up = u64::from(s.up[p]);
-    // 5 + 5 + 3 + 5 + 1 + 14 bits.
-    log | memory << 5 | u64::from(masks) << 10 | row << 13 | up << 18 | net << 19
+    // 6 + 6 + 3 + 5 + 1 + 19 bits.
+    log | memory << 6 | u64::from(masks) << 12 | row << 15 | up << 20 | net << 21
 }
 
 /// `s` with participant `order[i]` renamed to `i`.
@@ -1373,6 +1661,9 @@ fn permute(s: &State, order: &[usize]) -> State {
         Driver::Unlogged { current, targets } => Driver::Unlogged {
             current: parts(current),
             targets: mask(targets),
+        },
+        Driver::OnePhase { current } => Driver::OnePhase {
+            current: parts(current),
         },
         Driver::PhaseTwo {
             decision,
@@ -1428,7 +1719,9 @@ impl fmt::Display for State {
                             | Msg::Outcome { p, .. }
                             | Msg::Ack { p, .. }
                             | Msg::Inquiry { p }
-                            | Msg::Answer { p, .. } => p,
+                            | Msg::Answer { p, .. }
+                            | Msg::OnePhase { p, .. }
+                            | Msg::OnePhaseAnswer { p, .. } => p,
                         };
                         usize::from(q) == p
                     })
@@ -1451,6 +1744,7 @@ impl fmt::Display for State {
                 Driver::Unlogged { current, .. } => {
                     write!(f, "; in memory (unlogged): {}", rec_text(current, n))?;
                 }
+                Driver::OnePhase { .. } => write!(f, "; one-phase commit out")?,
                 Driver::PhaseTwo {
                     decision, acked, ..
                 } => write!(f, "; phase two {decision:?}, acked {acked:#b}")?,
