@@ -204,8 +204,11 @@ pub struct LogSummary {
     pub aborted: usize,
     /// Aborted, by family of reason.
     pub abort_reasons: BTreeMap<&'static str, usize>,
-    /// Money at the start and at the end.
+    /// Money expected at the end (at the start plus committed deposits and withdrawals) and
+    /// found at the end.
     pub money: (i64, i64),
+    /// Net sum of the committed one-bank deposits and withdrawals.
+    pub deposits: i64,
     /// Accounts compared.
     pub accounts: usize,
     /// Aborted participant rows of transactions the log never had (presumed abort).
@@ -398,11 +401,18 @@ pub async fn check(
             v.add("held", format!("{bank} has {prepared} prepared rows left"));
         }
     }
-    summary.money = (opening_total, final_total);
-    if opening_total != final_total {
+    // Transfers move money; committed one-bank deposits and withdrawals add or take some.
+    let expected_total: i64 = expected.values().sum();
+    summary.deposits = expected_total - opening_total;
+    summary.money = (expected_total, final_total);
+    if expected_total != final_total {
         v.add(
             "money",
-            format!("total money {final_total}, expected {opening_total}"),
+            format!(
+                "total money {final_total}, expected {expected_total} ({opening_total} at the \
+                 start, {:+} in committed deposits and withdrawals)",
+                summary.deposits
+            ),
         );
     }
 

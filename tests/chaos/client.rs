@@ -4,7 +4,8 @@
 //! (their transactions are logged before the prepares); odd-numbered ones send none, so their
 //! transactions are first logged with the decision, and a failed call leaves the outcome
 //! unknown to them (a retry would be a second transfer): they give up on it, and the final
-//! check finds its outcome in the log and the banks.
+//! check finds its outcome in the log and the banks. Every fifth transaction of a client is a
+//! deposit or a withdrawal at one bank: a single participant, committed in one phase.
 
 use rand::Rng as _;
 use rand::rngs::StdRng;
@@ -49,6 +50,8 @@ pub struct ClientStats {
     pub gave_up: AtomicU64,
     /// Transfers sent without an `Idempotency-Key`.
     pub unkeyed: AtomicU64,
+    /// Deposits and withdrawals at one bank (one participant: one-phase commit).
+    pub single: AtomicU64,
     /// Calls that failed and were repeated with the same key: no connection, reset, timeout.
     pub transport_errors: AtomicU64,
     /// Calls answered 5xx and repeated with the same key.
@@ -137,16 +140,33 @@ pub async fn worker(
         let debit = &a.accounts[rng.random_range(0..a.accounts.len())];
         let credit = &b.accounts[rng.random_range(0..b.accounts.len())];
         let amount = rng.random_range(1..=clients.max_amount);
-        let body = json!({
-            "commit": true,
-            "timeout_ms": clients.timeout_ms,
-            "participants": [
-                {"name": a.name, "url": a.url,
-                 "payload": {"op": "debit", "account": debit, "amount": amount, "transfer": tag}},
-                {"name": b.name, "url": b.url,
-                 "payload": {"op": "credit", "account": credit, "amount": amount, "transfer": tag}},
-            ]
-        });
+        let body = if n.is_multiple_of(5) {
+            clients.stats.single.fetch_add(1, Ordering::Relaxed);
+            let op = if rng.random_bool(0.5) {
+                "debit"
+            } else {
+                "credit"
+            };
+            json!({
+                "commit": true,
+                "timeout_ms": clients.timeout_ms,
+                "participants": [
+                    {"name": a.name, "url": a.url,
+                     "payload": {"op": op, "account": debit, "amount": amount, "transfer": tag}},
+                ]
+            })
+        } else {
+            json!({
+                "commit": true,
+                "timeout_ms": clients.timeout_ms,
+                "participants": [
+                    {"name": a.name, "url": a.url,
+                     "payload": {"op": "debit", "account": debit, "amount": amount, "transfer": tag}},
+                    {"name": b.name, "url": b.url,
+                     "payload": {"op": "credit", "account": credit, "amount": amount, "transfer": tag}},
+                ]
+            })
+        };
         clients.stats.tried.fetch_add(1, Ordering::Relaxed);
         let keyed = worker.is_multiple_of(2);
         if !keyed {
@@ -162,6 +182,10 @@ pub async fn worker(
             None => &clients.stats.gave_up,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if outcome.state.is_none() {
+            // The coordinator is down or did not answer: pause before the next transfer.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         clients
             .outcomes
             .lock()

@@ -566,11 +566,13 @@ async fn run(opts: Options) -> anyhow::Result<bool> {
     );
     println!(
         "chaos: client errors: {} transport errors, {} HTTP 5xx; {} calls repeated with the same \
-         Idempotency-Key; {} transfers sent without a key (first logged with the decision)",
+         Idempotency-Key; {} transfers sent without a key (first logged with the decision); {} \
+         single-bank deposits or withdrawals (one-phase commit)",
         load(&stats.transport_errors),
         load(&stats.server_errors),
         load(&stats.retries),
-        load(&stats.unkeyed)
+        load(&stats.unkeyed),
+        load(&stats.single)
     );
     let mut kills_by_node = Vec::new();
     let mut failed_starts = 0;
@@ -667,9 +669,12 @@ async fn run(opts: Options) -> anyhow::Result<bool> {
         summary.unlogged_aborted_rows
     );
     println!(
-        "chaos: money: {} at the start, {} at the end, over {} accounts; every transaction \
-         checked against {} participants' state rows",
+        "chaos: money: {} expected ({} at the start, {:+} in committed one-bank deposits and \
+         withdrawals), {} at the end, over {} accounts; every transaction checked against {} \
+         participants' state rows",
         summary.money.0,
+        summary.money.0 - summary.deposits,
+        summary.deposits,
         summary.money.1,
         summary.accounts,
         dbs.len()
