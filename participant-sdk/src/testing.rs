@@ -111,13 +111,28 @@ impl TestDatabase {
                 let mut conn = sqlx::MySqlConnection::connect(&self.admin_url)
                     .await
                     .expect("connect to the MySQL test server to drop a test database");
-                let ids: Vec<u64> = sqlx::query_scalar(
-                    "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
-                )
-                .bind(name)
-                .fetch_all(&mut conn)
-                .await
-                .expect("list connections to the test database");
+                // Reading the process list can fail while connections come and go (seen once
+                // on MariaDB under load): try again; the DROP below still waits for stragglers.
+                let mut ids: Vec<u64> = Vec::new();
+                for attempt in 1..=5 {
+                    match sqlx::query_scalar(
+                        "SELECT id FROM information_schema.processlist WHERE db = ? AND id <> CONNECTION_ID()",
+                    )
+                    .bind(name)
+                    .fetch_all(&mut conn)
+                    .await
+                    {
+                        Ok(found) => {
+                            ids = found;
+                            break;
+                        }
+                        Err(e) if attempt < 5 => {
+                            tracing::warn!(error = %e, "listing connections failed; trying again");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                        Err(e) => panic!("list connections to the test database: {e}"),
+                    }
+                }
                 for id in ids {
                     // The connection may have gone by itself in between.
                     let _ = sqlx::query(AssertSqlSafe(format!("KILL {id}")))
