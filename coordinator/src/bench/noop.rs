@@ -10,8 +10,8 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// The no-op participant's router: `/prepare` (answered after `prepare_delay`), `/commit`,
-/// `/abort`.
+/// The no-op participant's router: `/prepare` and `/commit-one-phase` (answered after
+/// `prepare_delay`), `/commit`, `/abort`.
 pub fn router(prepare_delay: Duration) -> Router {
     Router::new()
         .route(
@@ -30,6 +30,15 @@ pub fn router(prepare_delay: Duration) -> Router {
         .route(
             "/abort",
             post(|| async { Json(json!({"state": "aborted"})) }),
+        )
+        .route(
+            "/commit-one-phase",
+            post(move || async move {
+                if !prepare_delay.is_zero() {
+                    tokio::time::sleep(prepare_delay).await;
+                }
+                Json(json!({"state": "committed"}))
+            }),
         )
         .fallback(|| async {
             (
