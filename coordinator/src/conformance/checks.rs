@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use twopc::TransactionId;
 
 /// Every check, by name, with the rule it checks, in the order they run.
-pub const CHECKS: [(&str, &str); 11] = [
+pub const CHECKS: [(&str, &str); 12] = [
     (
         "payload_accepted",
         "prepare with --payload answers 200 {\"vote\":\"commit\"} (the kit needs such a payload)",
@@ -42,6 +42,10 @@ pub const CHECKS: [(&str, &str); 11] = [
     (
         "malformed_request_rejected",
         "a malformed request (not JSON, missing fields, transaction_id not a UUID) answers 4xx",
+    ),
+    (
+        "one_phase_optional",
+        "commit-one-phase is optional (404, 405 or 501 when not offered); if offered, it commits with --payload, a repeat answers the same, and an abort afterwards is refused with 409",
     ),
     (
         "abort_payload_refused",
@@ -117,6 +121,18 @@ impl Probe<'_> {
             "deadline_ms": u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX),
         });
         self.post("/prepare", body.to_string()).await
+    }
+
+    /// `POST /commit-one-phase` of `id` with `payload` (the body of a prepare).
+    async fn one_phase(&mut self, id: TransactionId, payload: &Value) -> Exchange {
+        let body = json!({
+            "transaction_id": id,
+            "participant": self.config.participant,
+            "payload": payload,
+            "coordinator": self.config.coordinator,
+            "deadline_ms": u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX),
+        });
+        self.post("/commit-one-phase", body.to_string()).await
     }
 
     /// `POST /commit` of `id`.
@@ -210,6 +226,8 @@ pub(super) async fn run_all(
     results.push(p.finish("commit_unknown_refused", outcome));
     let outcome = malformed_request_rejected(&mut p).await.into();
     results.push(p.finish("malformed_request_rejected", outcome));
+    let outcome = one_phase_optional(&mut p).await;
+    results.push(p.finish("one_phase_optional", outcome));
     let outcome = abort_payload_refused(&mut p).await;
     results.push(p.finish("abort_payload_refused", outcome));
 
@@ -473,6 +491,57 @@ async fn malformed_request_rejected(p: &mut Probe<'_>) -> Result<(), String> {
     } else {
         Err(format!("expected 4xx: {}", wrong.join("; ")))
     }
+}
+
+async fn one_phase_optional(p: &mut Probe<'_>) -> Outcome {
+    let id = TransactionId::new();
+    let payload = p.config.payload.clone();
+    let first = p.one_phase(id, &payload).await;
+    match first.status {
+        Some(404 | 405 | 501) => {
+            // Not offered: what such a server answers for an unknown path is not the
+            // protocol's business, so the answer is not judged by `answers_documented`.
+            p.current.clear();
+            return Outcome::Skip(format!(
+                "not offered ({}): the coordinator uses prepare and commit",
+                answered(&first)
+            ));
+        }
+        Some(200) => {}
+        _ => {
+            return Outcome::Fail(format!(
+                "commit-one-phase answered {}, expected 200 {{\"state\":…}} or 404/405/501 if not offered",
+                answered(&first)
+            ));
+        }
+    }
+    let state = |e: &Exchange| {
+        serde_json::from_str::<Value>(e.response.as_deref().unwrap_or(""))
+            .ok()
+            .and_then(|v| v["state"].as_str().map(str::to_owned))
+    };
+    if state(&first).as_deref() != Some("committed") {
+        return Outcome::Fail(format!(
+            "commit-one-phase with --payload answered {}, expected 200 {{\"state\":\"committed\"}}",
+            answered(&first)
+        ));
+    }
+    let second = p.one_phase(id, &payload).await;
+    if second.status != Some(200) || state(&second).as_deref() != Some("committed") {
+        return Outcome::Fail(format!(
+            "the repeated commit-one-phase answered {} after {}: a repeat must answer the outcome recorded first",
+            answered(&second),
+            answered(&first)
+        ));
+    }
+    let abort = p.abort(id).await;
+    expect_status(
+        &abort,
+        409,
+        "abort after a one-phase commit",
+        ": the transaction committed, so an abort must be refused with 409 outcome_conflict",
+    )
+    .into()
 }
 
 async fn abort_payload_refused(p: &mut Probe<'_>) -> Outcome {

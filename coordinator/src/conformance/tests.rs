@@ -28,6 +28,10 @@ struct Bugs {
     acknowledge_conflicts: bool,
     /// Errors are plain text.
     plain_text_errors: bool,
+    /// Offers no one-phase commit (answers 404 for it).
+    no_one_phase: bool,
+    /// A repeated one-phase commit answers `aborted` ("already done").
+    one_phase_repeat_aborts: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +54,7 @@ enum Op {
     Prepare,
     Commit,
     Abort,
+    OnePhase,
 }
 
 fn answer(status: StatusCode, body: Value) -> Response {
@@ -115,6 +120,32 @@ impl Reference {
                 };
                 answer(StatusCode::OK, vote)
             }
+            Op::OnePhase => {
+                let aborted = |reason: &str| json!({"state": "aborted", "reason": reason});
+                let body = match row {
+                    Some(Row::Committed) if self.bugs.one_phase_repeat_aborts => {
+                        aborted("already done")
+                    }
+                    Some(Row::Committed) => json!({"state": "committed"}),
+                    Some(Row::VotedAbort | Row::Aborted) => aborted("refused"),
+                    Some(Row::Tombstone) => aborted("aborted before prepare"),
+                    Some(Row::Prepared) => {
+                        return self.error(StatusCode::CONFLICT, "outcome_conflict");
+                    }
+                    None => match payload.get("ok").and_then(Value::as_bool) {
+                        Some(true) => {
+                            rows.insert(id, Row::Committed);
+                            json!({"state": "committed"})
+                        }
+                        Some(false) => {
+                            rows.insert(id, Row::VotedAbort);
+                            aborted("refused")
+                        }
+                        None => return self.error(StatusCode::BAD_REQUEST, "invalid_payload"),
+                    },
+                };
+                answer(StatusCode::OK, body)
+            }
             Op::Commit => match row {
                 Some(Row::Prepared) => {
                     rows.insert(id, Row::Committed);
@@ -162,11 +193,14 @@ async fn reference(bugs: Bugs) -> String {
     let route = |op: Op| {
         post(move |State(s): State<Arc<Reference>>, body: Bytes| async move { s.handle(op, &body) })
     };
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/prepare", route(Op::Prepare))
         .route("/commit", route(Op::Commit))
-        .route("/abort", route(Op::Abort))
-        .with_state(state);
+        .route("/abort", route(Op::Abort));
+    if !bugs.no_one_phase {
+        app = app.route("/commit-one-phase", route(Op::OnePhase));
+    }
+    let app = app.with_state(state);
     serve(app).await
 }
 
@@ -204,8 +238,9 @@ async fn the_sdk_bank_passes_every_check_and_holds_nothing_afterwards() {
 
     let accounts = bank.accounts().await.unwrap();
     assert_eq!(accounts.len(), 1);
-    // Two checks commit the payload (a credit of 1); everything else was aborted.
-    assert_eq!((accounts[0].balance, accounts[0].held), (102, 0));
+    // Three checks commit the payload (a credit of 1; one of them in one phase); everything
+    // else was aborted.
+    assert_eq!((accounts[0].balance, accounts[0].held), (103, 0));
     let rows = bank.participant_rows().await.unwrap();
     assert!(rows.iter().all(|r| r.participant == "conformance"));
     assert!(
@@ -228,11 +263,23 @@ async fn a_correct_participant_passes_and_the_abort_payload_check_is_skipped_wit
     assert_eq!(skipped.verdict, Verdict::Skip);
     assert_eq!(plain.counts.skipped, 1);
     assert!(skipped.line().starts_with("SKIP abort_payload_refused"));
+
+    // Without the optional one-phase call: skipped, and its 404 is not judged.
+    let url = reference(Bugs {
+        no_one_phase: true,
+        ..Bugs::default()
+    })
+    .await;
+    let report = run(&config(&url)).await.unwrap();
+    assert!(report.passed, "{:?}", report.failed());
+    let skipped = report.check("one_phase_optional").unwrap();
+    assert_eq!(skipped.verdict, Verdict::Skip);
+    assert!(skipped.detail.contains("not offered"), "{}", skipped.detail);
 }
 
 #[tokio::test]
 async fn each_broken_rule_fails_exactly_the_check_named_for_it() {
-    let cases: [(Bugs, &[&str]); 6] = [
+    let cases: [(Bugs, &[&str]); 7] = [
         (
             Bugs {
                 repeat_prepare_votes_abort: true,
@@ -266,7 +313,19 @@ async fn each_broken_rule_fails_exactly_the_check_named_for_it() {
                 acknowledge_conflicts: true,
                 ..Bugs::default()
             },
-            &["abort_after_commit_refused", "commit_after_abort_refused"],
+            // Also the abort after a one-phase commit.
+            &[
+                "abort_after_commit_refused",
+                "commit_after_abort_refused",
+                "one_phase_optional",
+            ],
+        ),
+        (
+            Bugs {
+                one_phase_repeat_aborts: true,
+                ..Bugs::default()
+            },
+            &["one_phase_optional"],
         ),
         (
             Bugs {
@@ -375,7 +434,7 @@ async fn the_command_prints_one_line_per_check_or_json_and_fails_when_a_check_fa
     for ((name, _), line) in CHECKS.iter().zip(&lines) {
         assert_eq!(*line, format!("PASS {name}"));
     }
-    assert!(lines[CHECKS.len()].ends_with("11 of 11 checks passed, 0 failed, 0 skipped"));
+    assert!(lines[CHECKS.len()].ends_with("12 of 12 checks passed, 0 failed, 0 skipped"));
 
     let bad = reference(Bugs {
         repeat_prepare_votes_abort: true,
@@ -389,7 +448,7 @@ async fn the_command_prints_one_line_per_check_or_json_and_fails_when_a_check_fa
             err,
             ConformanceError::ChecksFailed {
                 failed: 1,
-                total: 11,
+                total: 12,
                 ..
             }
         ),
