@@ -81,6 +81,9 @@ pub enum LogError {
     /// The database failed.
     #[error("decision log database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The SQLite writer's connection failed to open.
+    #[error("decision log database error (SQLite writer): {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// The schema migration failed.
     #[error("decision log migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
