@@ -4,7 +4,7 @@
 //! abort again, `preparing` -> abort (presumed abort: no decision was logged), `active` past
 //! its deadline -> aborted.
 
-use crate::log::{DecisionLog, LogError};
+use crate::log::{DecisionLog, LogError, Unfinished};
 use crate::machine::{self, Event};
 use crate::record::{TxRecord, now_millis};
 use crate::service::Coordinator;
@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// How many unfinished records one page of a round reads.
 pub const BATCH: u32 = 1000;
@@ -35,6 +35,8 @@ pub struct RecoveryReport {
     pub resumed: usize,
     /// Records aborted without any message (active past the deadline).
     pub expired: usize,
+    /// Rows that could not be read, skipped (each logged as an error every round).
+    pub corrupt: usize,
 }
 
 /// Runs one recovery round over every unfinished record, page by page, driving at most
@@ -46,12 +48,24 @@ pub async fn recover_once<L: DecisionLog>(
     let mut report = RecoveryReport::default();
     let mut cursor = None;
     loop {
-        let page = coordinator.log().unfinished_after(cursor, BATCH).await?;
+        let page = coordinator.log().unfinished_page(cursor, BATCH).await?;
         let full = page.len() == BATCH as usize;
-        cursor = page.last().map(|r| (r.created_at, r.id));
-        for record in page {
+        cursor = page.last().map(Unfinished::cursor);
+        for row in page {
             report.examined += 1;
-            recover_one(coordinator, slots, record, &mut report).await?;
+            match row {
+                Unfinished::Record(record) => {
+                    recover_one(coordinator, slots, record, &mut report).await?;
+                }
+                // One unreadable row must not stop the recovery of all the others.
+                Unfinished::Corrupt { id, message, .. } => {
+                    report.corrupt += 1;
+                    error!(
+                        tx = id,
+                        message, "unfinished log row cannot be read; skipped"
+                    );
+                }
+            }
         }
         if !full {
             return Ok(report);
@@ -135,14 +149,62 @@ pub async fn run<L: DecisionLog>(
             _ = ticker.tick() => {}
         }
         match recover_once(&coordinator, &slots).await {
-            Ok(r) if r.resumed + r.expired > 0 => info!(
+            Ok(r) if r.resumed + r.expired + r.corrupt > 0 => info!(
                 examined = r.examined,
                 resumed = r.resumed,
                 expired = r.expired,
+                corrupt = r.corrupt,
                 "recovery round"
             ),
             Ok(_) => {}
             Err(e) => warn!(error = %e, "recovery round failed; retrying at the next interval"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::driver::{Driver, DriverSettings};
+    use crate::log::SqliteLog;
+    use twopc::wire::{TransactionId, TransactionState};
+
+    /// A row that cannot be read is skipped and counted; the rows around it are recovered.
+    #[tokio::test]
+    async fn a_corrupt_row_does_not_stop_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("log.db").display());
+        let log = Arc::new(SqliteLog::connect(&url).await.unwrap());
+        // Two active transactions past their deadline, created before and after a bad row.
+        let early = TxRecord::new(TransactionId::new(), 1, 1_000);
+        let late = TxRecord::new(TransactionId::new(), 1, 3_000);
+        log.create(&early, None).await.unwrap();
+        log.create(&late, None).await.unwrap();
+        sqlx::query(
+            "INSERT INTO twopc_transactions (id, state, decision, reason, timeout_ms, created_at, \
+             deadline, decided_at, completed_at, participants, version) \
+             VALUES (?, 'zombie', NULL, NULL, 1, 2000, 2001, NULL, NULL, '[]', 0)",
+        )
+        .bind(TransactionId::new().to_string())
+        .execute(log.pool())
+        .await
+        .unwrap();
+        let driver = Driver::new(
+            log.clone(),
+            reqwest::Client::new(),
+            DriverSettings {
+                advertise_url: "http://127.0.0.1:1".into(),
+            },
+        );
+        let coordinator = Coordinator::new(Arc::new(driver), Duration::from_secs(1));
+        let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_DRIVES));
+        let report = recover_once(&coordinator, &slots).await.unwrap();
+        assert_eq!(report.examined, 3, "{report:?}");
+        assert_eq!(report.corrupt, 1, "{report:?}");
+        assert_eq!(report.expired, 2, "{report:?}");
+        for id in [early.id, late.id] {
+            let r = log.get(id).await.unwrap().unwrap();
+            assert_eq!(r.state, TransactionState::Aborted);
         }
     }
 }

@@ -1,6 +1,6 @@
 //! [`AnyLog`]: the store chosen by the database URL, plus the row encoding both stores share.
 
-use super::{Created, DecisionLog, IdempotencyKey, LogError, PostgresLog, SqliteLog};
+use super::{Created, DecisionLog, IdempotencyKey, LogError, PostgresLog, SqliteLog, Unfinished};
 use crate::record::{Millis, ParticipantRecord, TxRecord};
 use twopc::wire::{Decision, TransactionId, TransactionState};
 
@@ -81,6 +81,17 @@ impl DecisionLog for AnyLog {
         match self {
             Self::Sqlite(log) => log.unfinished_after(after, limit).await,
             Self::Postgres(log) => log.unfinished_after(after, limit).await,
+        }
+    }
+
+    async fn unfinished_page(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: u32,
+    ) -> Result<Vec<Unfinished>, LogError> {
+        match self {
+            Self::Sqlite(log) => log.unfinished_page(after, limit).await,
+            Self::Postgres(log) => log.unfinished_page(after, limit).await,
         }
     }
 }
@@ -255,6 +266,34 @@ where
     for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     decode(raw_row(row)?)
+}
+
+/// A row of an unfinished page: the record, or, if only its key columns can be read, what is
+/// wrong with it. A row whose id or creation time cannot be read fails the page.
+pub(super) fn decode_unfinished<R>(row: &R) -> Result<Unfinished, LogError>
+where
+    R: sqlx::Row,
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    match decode_row(row) {
+        Ok(record) => Ok(Unfinished::Record(record)),
+        Err(LogError::Corrupt { id, message }) => {
+            let created_at: i64 = row.try_get("created_at").map_err(|e| LogError::Corrupt {
+                id: id.clone(),
+                message: format!("{message}; created_at unreadable too: {e}"),
+            })?;
+            Ok(Unfinished::Corrupt {
+                created_at,
+                id,
+                message,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The version a compare-and-set update of `record` expects to replace.

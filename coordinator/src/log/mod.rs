@@ -89,6 +89,32 @@ pub enum LogError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// One row of a page of unfinished records: the record, or why its row could not be read.
+#[derive(Debug)]
+pub enum Unfinished {
+    /// A readable record.
+    Record(TxRecord),
+    /// A row that does not decode (written by another version, or edited by hand).
+    Corrupt {
+        /// Its creation time, as stored.
+        created_at: Millis,
+        /// Its id, as stored.
+        id: String,
+        /// What was wrong with it.
+        message: String,
+    },
+}
+
+impl Unfinished {
+    /// The `(created_at, id)` of the row, to page on from it.
+    pub fn cursor(&self) -> (Millis, String) {
+        match self {
+            Self::Record(r) => (r.created_at, r.id.to_string()),
+            Self::Corrupt { created_at, id, .. } => (*created_at, id.clone()),
+        }
+    }
+}
+
 /// The durable store of transaction records.
 pub trait DecisionLog: Send + Sync + 'static {
     /// Inserts a new record (version 0). With a key: if the key is new, records it with the
@@ -138,4 +164,13 @@ pub trait DecisionLog: Send + Sync + 'static {
         after: Option<(Millis, TransactionId)>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<TxRecord>, LogError>> + Send;
+
+    /// Like [`DecisionLog::unfinished_after`], but a row that does not decode comes back as
+    /// [`Unfinished::Corrupt`] instead of failing the page, so that one bad row does not stop
+    /// recovery; `after` is [`Unfinished::cursor`] of the last row seen.
+    fn unfinished_page(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Unfinished>, LogError>> + Send;
 }

@@ -1,7 +1,7 @@
 //! [`PostgresLog`]: the decision log in PostgreSQL, for shared or highly available deployments.
 
-use super::any::{decode_row, encode, expected_version, sql_limit};
-use super::{Created, DecisionLog, IdempotencyKey, LogError};
+use super::any::{decode_row, decode_unfinished, encode, expected_version, sql_limit};
+use super::{Created, DecisionLog, IdempotencyKey, LogError, Unfinished};
 use crate::record::{Millis, TxRecord, now_millis};
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -109,6 +109,30 @@ impl PostgresLog {
         }
         tracing::info!(synchronous_commit = %sync, "opened PostgreSQL decision log");
         Ok(Self { pool })
+    }
+
+    /// The unfinished rows after `after` (raw `(created_at, id)`), oldest first.
+    async fn unfinished_rows(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: u32,
+    ) -> Result<Vec<sqlx::postgres::PgRow>, LogError> {
+        Ok(match after {
+            None => {
+                sqlx::query(UNFINISHED_SQL)
+                    .bind(sql_limit(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some((created_at, id)) => {
+                sqlx::query(UNFINISHED_AFTER_SQL)
+                    .bind(created_at)
+                    .bind(id)
+                    .bind(sql_limit(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        })
     }
 
     /// The connection pool, for health checks and tests.
@@ -287,23 +311,18 @@ impl DecisionLog for PostgresLog {
         after: Option<(Millis, TransactionId)>,
         limit: u32,
     ) -> Result<Vec<TxRecord>, LogError> {
-        let rows = match after {
-            None => {
-                sqlx::query(UNFINISHED_SQL)
-                    .bind(sql_limit(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            Some((created_at, id)) => {
-                sqlx::query(UNFINISHED_AFTER_SQL)
-                    .bind(created_at)
-                    .bind(id.to_string())
-                    .bind(sql_limit(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+        let after = after.map(|(created_at, id)| (created_at, id.to_string()));
+        let rows = self.unfinished_rows(after, limit).await?;
         rows.iter().map(decode_row).collect()
+    }
+
+    async fn unfinished_page(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: u32,
+    ) -> Result<Vec<Unfinished>, LogError> {
+        let rows = self.unfinished_rows(after, limit).await?;
+        rows.iter().map(decode_unfinished).collect()
     }
 }
 

@@ -1,7 +1,9 @@
 //! [`SqliteLog`]: the decision log in an embedded SQLite database file (the default store).
 
-use super::any::{RawRow, decode, decode_row, encode, expected_version, sql_limit};
-use super::{Created, DecisionLog, IdempotencyKey, LogError};
+use super::any::{
+    RawRow, decode, decode_row, decode_unfinished, encode, expected_version, sql_limit,
+};
+use super::{Created, DecisionLog, IdempotencyKey, LogError, Unfinished};
 use crate::record::{Millis, TxRecord, now_millis};
 use rusqlite::{Connection, OpenFlags, params};
 use sqlx::SqlSafeStr;
@@ -228,6 +230,30 @@ impl SqliteLog {
     /// Counters of the group-commit writer.
     pub fn writer_stats(&self) -> &WriterStats {
         &self.stats
+    }
+
+    /// The unfinished rows after `after` (raw `(created_at, id)`), oldest first.
+    async fn unfinished_rows(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: u32,
+    ) -> Result<Vec<sqlx::sqlite::SqliteRow>, LogError> {
+        Ok(match after {
+            None => {
+                sqlx::query(UNFINISHED_SQL)
+                    .bind(sql_limit(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some((created_at, id)) => {
+                sqlx::query(UNFINISHED_AFTER_SQL)
+                    .bind(created_at)
+                    .bind(id)
+                    .bind(sql_limit(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        })
     }
 
     /// The connection pool, for health checks and tests.
@@ -666,23 +692,18 @@ impl DecisionLog for SqliteLog {
         after: Option<(Millis, TransactionId)>,
         limit: u32,
     ) -> Result<Vec<TxRecord>, LogError> {
-        let rows = match after {
-            None => {
-                sqlx::query(UNFINISHED_SQL)
-                    .bind(sql_limit(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-            Some((created_at, id)) => {
-                sqlx::query(UNFINISHED_AFTER_SQL)
-                    .bind(created_at)
-                    .bind(id.to_string())
-                    .bind(sql_limit(limit))
-                    .fetch_all(&self.pool)
-                    .await?
-            }
-        };
+        let after = after.map(|(created_at, id)| (created_at, id.to_string()));
+        let rows = self.unfinished_rows(after, limit).await?;
         rows.iter().map(decode_row).collect()
+    }
+
+    async fn unfinished_page(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: u32,
+    ) -> Result<Vec<Unfinished>, LogError> {
+        let rows = self.unfinished_rows(after, limit).await?;
+        rows.iter().map(decode_unfinished).collect()
     }
 }
 

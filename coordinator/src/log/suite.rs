@@ -11,7 +11,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::{AnyLog, Created, DecisionLog, IdempotencyKey, LogError, PostgresLog, SqliteLog};
+use super::{
+    AnyLog, Created, DecisionLog, IdempotencyKey, LogError, PostgresLog, SqliteLog, Unfinished,
+};
 use crate::record::{ParticipantRecord, TxRecord};
 use serde_json::{Value, json};
 use sqlx::AssertSqlSafe;
@@ -886,6 +888,30 @@ async fn sqlite_idempotency_keys_belong_to_their_transaction() {
     );
 }
 
+/// `unfinished_page` answers the unreadable row as `Corrupt` (named by its stored id) beside the
+/// good one, and pages past it with its cursor.
+async fn assert_page_skips_the_corrupt_row<L: DecisionLog>(log: &L, good: &TxRecord, bad: &str) {
+    let page = log.unfinished_page(None, 100).await.expect("page");
+    assert_eq!(page.len(), 2, "{page:?}");
+    assert!(
+        page.iter()
+            .any(|u| matches!(u, Unfinished::Record(r) if r == good)),
+        "{page:?}"
+    );
+    let corrupt = page
+        .iter()
+        .find(|u| matches!(u, Unfinished::Corrupt { id, .. } if id == bad))
+        .unwrap_or_else(|| panic!("no corrupt entry for {bad}: {page:?}"));
+    let rest = log
+        .unfinished_page(Some(corrupt.cursor()), 100)
+        .await
+        .expect("page after");
+    assert!(
+        rest.iter().all(|u| u.cursor() > corrupt.cursor()),
+        "{rest:?}"
+    );
+}
+
 #[tokio::test]
 async fn sqlite_corrupt_rows_are_errors_naming_the_row() {
     let db = SqliteDb::new();
@@ -934,6 +960,7 @@ async fn sqlite_corrupt_rows_are_errors_naming_the_row() {
             log.unfinished(100).await,
             Err(LogError::Corrupt { .. })
         ));
+        assert_page_skips_the_corrupt_row(&log, &good, &id.to_string()).await;
         sqlx::query("DELETE FROM twopc_transactions WHERE id = ?")
             .bind(id.to_string())
             .execute(log.pool())
@@ -953,6 +980,7 @@ async fn sqlite_corrupt_rows_are_errors_naming_the_row() {
         log.list(None, 100).await,
         Err(LogError::Corrupt { id, .. }) if id == "not-a-uuid"
     ));
+    assert_page_skips_the_corrupt_row(&log, &good, "not-a-uuid").await;
     sqlx::query(
         "UPDATE twopc_transactions SET id = ?, timeout_ms = 'soon' WHERE id = 'not-a-uuid'",
     )
@@ -1240,6 +1268,7 @@ async fn postgres_corrupt_rows_are_errors_naming_the_row() {
                 log.unfinished(100).await,
                 Err(LogError::Corrupt { .. })
             ));
+            assert_page_skips_the_corrupt_row(&log, &good, &id.to_string()).await;
             sqlx::query("DELETE FROM twopc_transactions WHERE id = $1::uuid")
                 .bind(id.to_string())
                 .execute(log.pool())
