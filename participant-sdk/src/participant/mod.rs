@@ -88,30 +88,30 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
     /// Phase one: runs the prepare handler once per (participant, transaction) and records its
     /// vote; a repeated prepare answers the vote recorded first.
     pub async fn prepare(&self, req: &PrepareRequest) -> Result<Vote, ParticipantError> {
+        let (payload, text) = self.read_prepare(req)?;
+        let (payload, text) = (&payload, text.as_str());
+        let vote = with_retries(Op::Prepare, req.transaction_id, move || async move {
+            let mut tx = self.store.begin().await?;
+            let result = self.prepare_in(&mut tx, req, payload, text).await;
+            finish(tx, result).await
+        })
+        .await?;
+        tracing::info!(
+            participant = %req.participant,
+            transaction_id = %req.transaction_id,
+            vote = vote.kind().as_str(),
+            "prepare answered"
+        );
+        Ok(vote)
+    }
+
+    /// The checked name and the payload of a prepare (typed, and as JSON text for the row).
+    fn read_prepare(&self, req: &PrepareRequest) -> Result<(H::Payload, String), ParticipantError> {
         check_name(&req.participant)?;
         let payload =
             H::Payload::deserialize(&req.payload).map_err(ParticipantError::BadPayload)?;
-        let payload_text =
-            serde_json::to_string(&req.payload).map_err(ParticipantError::BadPayload)?;
-        let mut attempt = 1;
-        loop {
-            match self.prepare_attempt(req, &payload, &payload_text).await {
-                Err(e) if e.is_transient() && attempt < LOCAL_TX_ATTEMPTS => {
-                    retry_pause(Op::Prepare, req.transaction_id, attempt, &e).await;
-                    attempt += 1;
-                }
-                Ok(vote) => {
-                    tracing::info!(
-                        participant = %req.participant,
-                        transaction_id = %req.transaction_id,
-                        vote = vote.kind().as_str(),
-                        "prepare answered"
-                    );
-                    return Ok(vote);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let text = serde_json::to_string(&req.payload).map_err(ParticipantError::BadPayload)?;
+        Ok((payload, text))
     }
 
     /// One-phase commit, for a transaction with this participant as its only one: runs the
@@ -121,34 +121,21 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
         &self,
         req: &PrepareRequest,
     ) -> Result<OnePhaseOutcome, ParticipantError> {
-        check_name(&req.participant)?;
-        let payload =
-            H::Payload::deserialize(&req.payload).map_err(ParticipantError::BadPayload)?;
-        let payload_text =
-            serde_json::to_string(&req.payload).map_err(ParticipantError::BadPayload)?;
-        let mut attempt = 1;
-        loop {
+        let (payload, text) = self.read_prepare(req)?;
+        let (payload, text) = (&payload, text.as_str());
+        let outcome = with_retries(Op::CommitOnePhase, req.transaction_id, move || async move {
             let mut tx = self.store.begin().await?;
-            let result = self
-                .one_phase_in(&mut tx, req, &payload, &payload_text)
-                .await;
-            match finish(tx, result).await {
-                Err(e) if e.is_transient() && attempt < LOCAL_TX_ATTEMPTS => {
-                    retry_pause(Op::CommitOnePhase, req.transaction_id, attempt, &e).await;
-                    attempt += 1;
-                }
-                Ok(outcome) => {
-                    tracing::info!(
-                        participant = %req.participant,
-                        transaction_id = %req.transaction_id,
-                        outcome = ?outcome,
-                        "one-phase commit answered"
-                    );
-                    return Ok(outcome);
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            let result = self.one_phase_in(&mut tx, req, payload, text).await;
+            finish(tx, result).await
+        })
+        .await?;
+        tracing::info!(
+            participant = %req.participant,
+            transaction_id = %req.transaction_id,
+            outcome = ?outcome,
+            "one-phase commit answered"
+        );
+        Ok(outcome)
     }
 
     /// The statements of a one-phase commit inside `tx`.
@@ -258,53 +245,33 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
     /// Commit or abort, with retries of the local transaction on transient failures.
     async fn outcome(&self, req: &OutcomeRequest, op: Op) -> Result<Applied, ParticipantError> {
         check_name(&req.participant)?;
-        let mut attempt = 1;
-        loop {
-            match self.outcome_attempt(req, op).await {
-                Err(e) if e.is_transient() && attempt < LOCAL_TX_ATTEMPTS => {
-                    retry_pause(op, req.transaction_id, attempt, &e).await;
-                    attempt += 1;
-                }
-                Ok(applied) => {
-                    tracing::info!(
-                        participant = %req.participant,
-                        transaction_id = %req.transaction_id,
-                        op = %op,
-                        applied = ?applied,
-                        "outcome applied"
-                    );
-                    return Ok(applied);
-                }
-                Err(e) => {
-                    if matches!(
-                        e,
-                        ParticipantError::UnknownTransaction { .. }
-                            | ParticipantError::Conflict { .. }
-                    ) {
-                        tracing::error!(
-                            participant = %req.participant,
-                            transaction_id = %req.transaction_id,
-                            op = %op,
-                            error = %e,
-                            "refused an outcome that contradicts the recorded state"
-                        );
-                    }
-                    return Err(e);
-                }
-            }
+        let result = with_retries(op, req.transaction_id, move || async move {
+            let mut tx = self.store.begin().await?;
+            let result = self.outcome_in(&mut tx, req, op).await;
+            finish(tx, result).await
+        })
+        .await;
+        match &result {
+            Ok(applied) => tracing::info!(
+                participant = %req.participant,
+                transaction_id = %req.transaction_id,
+                op = %op,
+                applied = ?applied,
+                "outcome applied"
+            ),
+            Err(
+                e @ (ParticipantError::UnknownTransaction { .. }
+                | ParticipantError::Conflict { .. }),
+            ) => tracing::error!(
+                participant = %req.participant,
+                transaction_id = %req.transaction_id,
+                op = %op,
+                error = %e,
+                "refused an outcome that contradicts the recorded state"
+            ),
+            Err(_) => {}
         }
-    }
-
-    /// One local transaction of prepare.
-    async fn prepare_attempt(
-        &self,
-        req: &PrepareRequest,
-        payload: &H::Payload,
-        payload_text: &str,
-    ) -> Result<Vote, ParticipantError> {
-        let mut tx = self.store.begin().await?;
-        let result = self.prepare_in(&mut tx, req, payload, payload_text).await;
-        finish(tx, result).await
+        result
     }
 
     /// The statements of prepare inside `tx`.
@@ -382,17 +349,6 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
             }
             (other, _) => Err(unexpected_step(other, Op::Prepare, id)),
         }
-    }
-
-    /// One local transaction of commit or abort.
-    async fn outcome_attempt(
-        &self,
-        req: &OutcomeRequest,
-        op: Op,
-    ) -> Result<Applied, ParticipantError> {
-        let mut tx = self.store.begin().await?;
-        let result = self.outcome_in(&mut tx, req, op).await;
-        finish(tx, result).await
     }
 
     /// The statements of commit or abort inside `tx`.
@@ -515,6 +471,29 @@ async fn finish<DB: sqlx::Database, T>(
                 tracing::warn!(error = %rollback, "rolling back a failed local transaction failed");
             }
             Err(e)
+        }
+    }
+}
+
+/// Runs `attempt` (one local transaction) again while it fails with a transient error, at most
+/// [`LOCAL_TX_ATTEMPTS`] times in all.
+async fn with_retries<T, F, Fut>(
+    op: Op,
+    id: TransactionId,
+    mut attempt: F,
+) -> Result<T, ParticipantError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ParticipantError>>,
+{
+    let mut n = 1;
+    loop {
+        match attempt().await {
+            Err(e) if e.is_transient() && n < LOCAL_TX_ATTEMPTS => {
+                retry_pause(op, id, n, &e).await;
+                n += 1;
+            }
+            done => return done,
         }
     }
 }
