@@ -123,20 +123,27 @@ async fn crash_after_commit_decision_commits_everywhere_after_restart() {
     assert_money(&a, &b, 70, 80).await;
 }
 
-/// (b) Killed after the prepares, before the decision, of a one-shot commit without an
-/// idempotency key, which is first logged with its decision: while the coordinator is alive,
-/// participants that ask hear "still preparing"; after the kill there is no record, and
-/// asking gets them the 404 that means abort (presumed abort). Nothing stays reserved.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_before_decision_aborts_everywhere_after_restart() {
-    let dbs = dbs().await;
-    // Participants ask about a prepared transaction after 300 ms.
-    let (mut c, a, b) = cluster(&dbs, Some("before_decision=pause"), 300).await;
+/// Starts a transfer of 30 (with `key` as its `Idempotency-Key`, if any) on a coordinator that
+/// pauses before the decision; answers the hanging call (the kill ends it) and the id, found
+/// among the `preparing` transactions.
+async fn transfer_paused_before_decision(
+    c: &CoordinatorNode,
+    a: &BankNode,
+    b: &BankNode,
+    key: Option<&'static str>,
+) -> (
+    tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>,
+    TransactionId,
+) {
     let url = format!("{}/v1/transactions", c.url);
-    let body = transfer(&a, &b, 30);
-    // The call hangs with the driver; it is answered by the kill.
-    let pending =
-        tokio::spawn(async move { reqwest::Client::new().post(url).json(&body).send().await });
+    let body = transfer(a, b, 30);
+    let pending = tokio::spawn(async move {
+        let mut request = reqwest::Client::new().post(url).json(&body);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await
+    });
     c.proc
         .wait_for_line("failpoint before_decision reached", WAIT)
         .await;
@@ -146,7 +153,19 @@ async fn crash_before_decision_aborts_everywhere_after_restart() {
         .json::<Value>()
         .await
         .unwrap();
-    let id = tx_id(&listed["transactions"][0]);
+    (pending, tx_id(&listed["transactions"][0]))
+}
+
+/// (b) Killed after the prepares, before the decision, of a one-shot commit without an
+/// idempotency key, which is first logged with its decision: while the coordinator is alive,
+/// participants that ask hear "still preparing"; after the kill there is no record, and
+/// asking gets them the 404 that means abort (presumed abort). Nothing stays reserved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_decision_aborts_everywhere_after_restart() {
+    let dbs = dbs().await;
+    // Participants ask about a prepared transaction after 300 ms.
+    let (mut c, a, b) = cluster(&dbs, Some("before_decision=pause"), 300).await;
+    let (pending, id) = transfer_paused_before_decision(&c, &a, &b, None).await;
     // Long enough for both to have asked a few times: they stay prepared, holding.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(c.get(&id.to_string()).await["state"], "preparing");
@@ -180,26 +199,7 @@ async fn crash_before_decision_aborts_everywhere_after_restart() {
 async fn crash_before_decision_of_a_keyed_commit_aborts_everywhere_after_restart() {
     let dbs = dbs().await;
     let (mut c, a, b) = cluster(&dbs, Some("before_decision=pause"), 600_000).await;
-    let url = format!("{}/v1/transactions", c.url);
-    let body = transfer(&a, &b, 30);
-    let pending = tokio::spawn(async move {
-        reqwest::Client::new()
-            .post(url)
-            .header("Idempotency-Key", "crash-b-prime")
-            .json(&body)
-            .send()
-            .await
-    });
-    c.proc
-        .wait_for_line("failpoint before_decision reached", WAIT)
-        .await;
-    let listed = reqwest::get(format!("{}/v1/transactions?state=preparing", c.url))
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    let id = tx_id(&listed["transactions"][0]);
+    let (pending, id) = transfer_paused_before_decision(&c, &a, &b, Some("crash-b-prime")).await;
     assert_eq!(
         a.snapshot().await.account("alice"),
         (100, 30),

@@ -113,26 +113,26 @@ impl Probe<'_> {
 
     /// `POST /prepare` of `id` with `payload`.
     async fn prepare(&mut self, id: TransactionId, payload: &Value) -> Exchange {
-        let body = json!({
+        let body = self.prepare_body(id, payload);
+        self.post("/prepare", body).await
+    }
+
+    /// The body of a prepare (also of a one-phase commit).
+    fn prepare_body(&self, id: TransactionId, payload: &Value) -> String {
+        json!({
             "transaction_id": id,
             "participant": self.config.participant,
             "payload": payload,
             "coordinator": self.config.coordinator,
             "deadline_ms": u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX),
-        });
-        self.post("/prepare", body.to_string()).await
+        })
+        .to_string()
     }
 
     /// `POST /commit-one-phase` of `id` with `payload` (the body of a prepare).
     async fn one_phase(&mut self, id: TransactionId, payload: &Value) -> Exchange {
-        let body = json!({
-            "transaction_id": id,
-            "participant": self.config.participant,
-            "payload": payload,
-            "coordinator": self.config.coordinator,
-            "deadline_ms": u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX),
-        });
-        self.post("/commit-one-phase", body.to_string()).await
+        let body = self.prepare_body(id, payload);
+        self.post("/commit-one-phase", body).await
     }
 
     /// `POST /commit` of `id`.
