@@ -376,6 +376,43 @@ async fn participants_in_doubt_resolve_by_inquiry() {
     assert_money(&a, &b, 70, 80).await;
 }
 
+/// (h) One-phase commit: killed after the only participant committed, before the coordinator
+/// logged its answer. After the restart recovery asks again, hears the same answer (the call is
+/// idempotent) and logs it: the money moved once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_phase_answer_lost_in_a_crash_is_asked_again() {
+    let dbs = dbs().await;
+    let (mut c, a, _b) = cluster(&dbs, Some("after_one_phase_answer=pause"), 600_000).await;
+    let url = format!("{}/v1/transactions", c.url);
+    let body = json!({
+        "commit": true,
+        "participants": [a.participant(twopc_examples::bank::debit("alice", 30))],
+    });
+    let pending =
+        tokio::spawn(async move { reqwest::Client::new().post(url).json(&body).send().await });
+    c.proc
+        .wait_for_line("failpoint after_one_phase_answer reached", WAIT)
+        .await;
+    let listed = reqwest::get(format!("{}/v1/transactions?state=preparing", c.url))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let id = tx_id(&listed["transactions"][0]);
+    // The participant decided and committed in one local transaction; the log does not know.
+    assert_eq!(a.snapshot().await.state_of(id), Some(LocalState::Committed));
+    assert_eq!(a.snapshot().await.account("alice"), (70, 0));
+
+    c.kill9();
+    assert!(pending.await.unwrap().is_err());
+    c.restart(None).await;
+    let done = c.wait_for_state(&id.to_string(), "committed", WAIT).await;
+    assert_eq!(done["decision"], "commit");
+    assert_eq!(done["participants"][0]["state"], "committed");
+    assert_eq!(a.snapshot().await.account("alice"), (70, 0), "moved once");
+}
+
 /// `twopc serve` with two bank processes: a transfer commits, one with insufficient funds
 /// aborts with the reason, and both read the same after the coordinator restarts. (The client
 /// hears the outcome as the completion is being logged; killed before that write, the restarted

@@ -356,6 +356,7 @@ impl<L: DecisionLog> Driver<L> {
             tokio::time::sleep(delays.next().unwrap_or(RETRY_MAX_DELAY)).await;
         };
         info!(participant = name, answer = ?answer, "one-phase commit answered");
+        failpoint::hit(fp::AFTER_ONE_PHASE_ANSWER).await;
         let t = machine::apply(
             &record,
             Event::OnePhaseAnswered {

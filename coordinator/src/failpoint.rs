@@ -17,6 +17,8 @@ pub mod names {
     pub const AFTER_COMMIT_DECISION: &str = "after_commit_decision";
     /// After every commit was acknowledged, before the completion is logged.
     pub const BEFORE_COMPLETION: &str = "before_completion";
+    /// After the only participant answered the one-phase commit, before its outcome is logged.
+    pub const AFTER_ONE_PHASE_ANSWER: &str = "after_one_phase_answer";
 }
 
 #[cfg(feature = "failpoints")]
