@@ -3,6 +3,11 @@
 use clap::Parser;
 use twopc_coordinator::cli::{self, Cli, Command};
 
+/// mimalloc: the coordinator allocates per request and per event from many threads; the system
+/// allocator spent ~12 % of its CPU in malloc/free under load (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
