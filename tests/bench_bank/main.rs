@@ -4,7 +4,8 @@
 //!   debit at bank A and a credit at bank B, both bank participants on PostgreSQL);
 //! - `native`: the same transfer as native PostgreSQL 2PC driven from here: on A `BEGIN`, the
 //!   debit, `PREPARE TRANSACTION`; on B the same with the credit (both branches concurrently);
-//!   then `COMMIT PREPARED` on both (concurrently). No log of its own: a crash of this program
+//!   then `COMMIT PREPARED` on both (concurrently); a branch waits at most 1 s for a row lock (a
+//!   deadlock across the two databases is invisible to PostgreSQL). No log of its own: a crash of this program
 //!   between the prepares and the commits leaves prepared transactions nobody resolves;
 //! - `local`: both accounts in one database, one local transaction doing debit and credit.
 //!
