@@ -237,6 +237,30 @@ class Bank {
     return vote;
   }
 
+  /** The transaction's only participant: prepare and commit in one journal record. */
+  commitOnePhase(participant, txId, payload, coordinator) {
+    const op = parseOp(payload);
+    const row = this.rows.get(rowKey(participant, txId));
+    if (row) {
+      if (row.state === "prepared") {
+        throw new HttpError(409, "outcome_conflict", `transaction ${txId} is prepared at participant '${participant}' by a two-phase prepare: it needs its commit or abort`);
+      }
+      if (row.state === "aborted") return { state: "aborted", reason: recordedVote(row).reason };
+      return { state: "committed" };
+    }
+    const { vote, changes } = this.handlePrepare(op);
+    const committed = vote.vote !== "abort";
+    this.commitRecord({
+      type: "row", participant, transaction_id: txId, state: committed ? "committed" : "aborted",
+      vote: vote.vote, reason: vote.reason ?? null, payload, coordinator, at: Date.now(),
+      // The reservation and its booking, applied in one step.
+      changes: vote.vote === "commit" ? [...changes, ...this.handleOutcome(txId, op, "commit")] : [],
+    });
+    const outcome = committed ? { state: "committed" } : { state: "aborted", reason: vote.reason ?? "" };
+    log("INFO", `commit-one-phase ${participant}/${txId}: ${JSON.stringify(outcome)}`);
+    return outcome;
+  }
+
   commit(participant, txId) {
     const row = this.rows.get(rowKey(participant, txId));
     if (!row) throw new HttpError(404, "unknown_transaction", `participant '${participant}' knows no transaction ${txId}`);
@@ -405,7 +429,10 @@ function readBody(req) {
   });
 }
 
-const ROUTES = { "/prepare": ["POST"], "/commit": ["POST"], "/abort": ["POST"], "/accounts": ["GET", "POST"] };
+const ROUTES = {
+  "/prepare": ["POST"], "/commit": ["POST"], "/abort": ["POST"], "/commit-one-phase": ["POST"],
+  "/accounts": ["GET", "POST"],
+};
 
 async function handle(bank, req, res) {
   const route = (req.url || "/").split("?")[0];
@@ -434,6 +461,10 @@ async function handle(bank, req, res) {
       const { participant, txId, payload, coordinator } = requiredRequest(body, true);
       return send(res, 200, bank.prepare(participant, txId, payload, coordinator));
     }
+    if (route === "/commit-one-phase") {
+      const { participant, txId, payload, coordinator } = requiredRequest(body, true);
+      return send(res, 200, bank.commitOnePhase(participant, txId, payload, coordinator));
+    }
     const { participant, txId } = requiredRequest(body, false);
     if (route === "/commit") {
       bank.commit(participant, txId);
@@ -443,7 +474,7 @@ async function handle(bank, req, res) {
     return send(res, 200, { state: "aborted" });
   } catch (e) {
     if (e instanceof HttpError) {
-      if ((e.status === 404 || e.status === 409) && (route === "/commit" || route === "/abort")) {
+      if ((e.status === 404 || e.status === 409) && route !== "/prepare" && route !== "/accounts") {
         log("ERROR", `refused ${route}: ${e.message}`);
       }
       return send(res, e.status, { error: { code: e.code, message: e.message } });

@@ -223,6 +223,40 @@ class Bank:
         log.info("prepare %s/%s: %s", participant, tx_id, answer)
         return answer
 
+    def commit_one_phase(self, participant, tx_id, payload, coordinator):
+        """The transaction's only participant: prepare and commit in one local transaction."""
+        op = parse_op(payload)
+        with self.transaction() as db:
+            row = self.row(db, participant, tx_id)
+            if row is not None:
+                state, vote, reason, _ = row
+                if state == "prepared":
+                    raise HttpError(409, "outcome_conflict",
+                                    f"transaction {tx_id} is prepared at participant '{participant}' by a "
+                                    "two-phase prepare: it needs its commit or abort")
+                if state == "aborted":
+                    return {"state": "aborted", "reason": TOMBSTONE_REASON if vote is None else (reason or "")}
+                return {"state": "committed"}
+            db.execute("SAVEPOINT handler")
+            answer = self.handle_prepare(db, op)
+            if answer["vote"] == "abort":
+                db.execute("ROLLBACK TO handler")
+            elif answer["vote"] == "commit":
+                self.handle_commit(db, tx_id, op)
+            db.execute("RELEASE handler")
+            state = "aborted" if answer["vote"] == "abort" else "committed"
+            now = now_ms()
+            db.execute(
+                "INSERT INTO twopc_participant_state (participant, transaction_id, state, vote, reason, "
+                "payload, coordinator, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (participant, tx_id, state, answer["vote"], answer.get("reason"), json.dumps(payload),
+                 coordinator, now, now),
+            )
+        outcome = {"state": "committed"} if state == "committed" else {"state": "aborted",
+                                                                     "reason": answer.get("reason", "")}
+        log.info("commit-one-phase %s/%s: %s", participant, tx_id, outcome)
+        return outcome
+
     def commit(self, participant, tx_id):
         with self.transaction() as db:
             row = self.row(db, participant, tx_id)
@@ -434,6 +468,7 @@ class Handler(BaseHTTPRequestHandler):
             "/prepare": ("POST",),
             "/commit": ("POST",),
             "/abort": ("POST",),
+            "/commit-one-phase": ("POST",),
             "/accounts": ("GET", "POST"),
         }
         try:
@@ -454,6 +489,9 @@ class Handler(BaseHTTPRequestHandler):
             elif path == "/prepare":
                 participant, tx_id, payload, coordinator = required_request(body, True)
                 self.send_json(200, self.bank.prepare(participant, tx_id, payload, coordinator))
+            elif path == "/commit-one-phase":
+                participant, tx_id, payload, coordinator = required_request(body, True)
+                self.send_json(200, self.bank.commit_one_phase(participant, tx_id, payload, coordinator))
             elif path == "/commit":
                 participant, tx_id, _, _ = required_request(body, False)
                 self.bank.commit(participant, tx_id)
@@ -463,7 +501,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.bank.abort(participant, tx_id)
                 self.send_json(200, {"state": "aborted"})
         except HttpError as err:
-            if err.status in (404, 409) and path in ("/commit", "/abort"):
+            if err.status in (404, 409) and path in ("/commit", "/abort", "/commit-one-phase"):
                 log.error("refused %s: %s", path, err.message)
             self.send_error_json(err)
         except (BrokenPipeError, ConnectionResetError):
