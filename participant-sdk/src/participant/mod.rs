@@ -149,27 +149,9 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
         let id = req.transaction_id;
         let participant = req.participant.as_str();
         // Like prepare: the insert takes the key's lock, written as the common outcome.
-        let inserted = self
-            .store
-            .insert_if_absent(
-                tx,
-                &NewRow {
-                    participant,
-                    transaction_id: id,
-                    state: LocalState::Committed,
-                    vote: Some(VoteKind::Commit),
-                    reason: None,
-                    payload: Some(payload_text),
-                    coordinator: Some(&req.coordinator),
-                    now_ms: now_ms(),
-                },
-            )
+        let existing = self
+            .insert_or_read(tx, req, payload_text, LocalState::Committed)
             .await?;
-        let existing = if inserted {
-            None
-        } else {
-            Some(self.existing_row(tx, participant, id, false).await?)
-        };
         let op = Op::CommitOnePhase;
         match (step(existing.as_ref().map(|r| r.state), op), existing) {
             (Step::AlreadyDone, Some(row)) => Ok(match (row.state, recorded_vote(&row)) {
@@ -274,6 +256,42 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
         result
     }
 
+    /// Inserts the row of a prepare-like call (vote commit, in `state`) unless one exists, and
+    /// answers the existing one (read with a shared lock) if it does.
+    async fn insert_or_read(
+        &self,
+        tx: &mut sqlx::Transaction<'static, S::Db>,
+        req: &PrepareRequest,
+        payload_text: &str,
+        state: LocalState,
+    ) -> Result<Option<StateRow>, ParticipantError> {
+        let participant = req.participant.as_str();
+        let inserted = self
+            .store
+            .insert_if_absent(
+                tx,
+                &NewRow {
+                    participant,
+                    transaction_id: req.transaction_id,
+                    state,
+                    vote: Some(VoteKind::Commit),
+                    reason: None,
+                    payload: Some(payload_text),
+                    coordinator: Some(&req.coordinator),
+                    now_ms: now_ms(),
+                },
+            )
+            .await?;
+        if inserted {
+            Ok(None)
+        } else {
+            Ok(Some(
+                self.existing_row(tx, participant, req.transaction_id, false)
+                    .await?,
+            ))
+        }
+    }
+
     /// The statements of prepare inside `tx`.
     async fn prepare_in(
         &self,
@@ -288,27 +306,9 @@ impl<S: StateStore, H: Handler<S::Db>> Participant<S, H> {
         // waits here until this transaction ends, then finds the row and repeats its vote.
         // The row is written as the common outcome (prepared, vote commit), so that outcome
         // needs no second write; nobody else sees the row before this transaction commits.
-        let inserted = self
-            .store
-            .insert_if_absent(
-                tx,
-                &NewRow {
-                    participant,
-                    transaction_id: id,
-                    state: LocalState::Prepared,
-                    vote: Some(VoteKind::Commit),
-                    reason: None,
-                    payload: Some(payload_text),
-                    coordinator: Some(&req.coordinator),
-                    now_ms: now_ms(),
-                },
-            )
+        let existing = self
+            .insert_or_read(tx, req, payload_text, LocalState::Prepared)
             .await?;
-        let existing = if inserted {
-            None
-        } else {
-            Some(self.existing_row(tx, participant, id, false).await?)
-        };
         match (
             step(existing.as_ref().map(|r| r.state), Op::Prepare),
             existing,
