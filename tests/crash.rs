@@ -123,6 +123,17 @@ async fn crash_after_commit_decision_commits_everywhere_after_restart() {
     assert_money(&a, &b, 70, 80).await;
 }
 
+/// The newest transaction the coordinator lists as `preparing` (logged or not yet).
+async fn preparing_id(c: &CoordinatorNode) -> TransactionId {
+    let listed = reqwest::get(format!("{}/v1/transactions?state=preparing", c.url))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    tx_id(&listed["transactions"][0])
+}
+
 /// Starts a transfer of 30 (with `key` as its `Idempotency-Key`, if any) on a coordinator that
 /// pauses before the decision; answers the hanging call (the kill ends it) and the id, found
 /// among the `preparing` transactions.
@@ -147,13 +158,7 @@ async fn transfer_paused_before_decision(
     c.proc
         .wait_for_line("failpoint before_decision reached", WAIT)
         .await;
-    let listed = reqwest::get(format!("{}/v1/transactions?state=preparing", c.url))
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    (pending, tx_id(&listed["transactions"][0]))
+    (pending, preparing_id(c).await)
 }
 
 /// (b) Killed after the prepares, before the decision, of a one-shot commit without an
@@ -393,13 +398,7 @@ async fn one_phase_answer_lost_in_a_crash_is_asked_again() {
     c.proc
         .wait_for_line("failpoint after_one_phase_answer reached", WAIT)
         .await;
-    let listed = reqwest::get(format!("{}/v1/transactions?state=preparing", c.url))
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
-    let id = tx_id(&listed["transactions"][0]);
+    let id = preparing_id(&c).await;
     // The participant decided and committed in one local transaction; the log does not know.
     assert_eq!(a.snapshot().await.state_of(id), Some(LocalState::Committed));
     assert_eq!(a.snapshot().await.account("alice"), (70, 0));
